@@ -1,0 +1,93 @@
+"""Fixtures and helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, serve
+
+StartServer = Callable[..., Awaitable[EchoServer]]
+
+
+def make_config(**overrides: Any) -> ServerConfig:
+    """A config on 127.0.0.1 and an ephemeral port; keyword overrides go to the
+    listener or connection part that has the field."""
+    listener = ListenerConfig(port=0)
+    connection = ConnectionConfig()
+    for name, value in overrides.items():
+        if name in attrs.fields_dict(ListenerConfig):
+            listener = attrs.evolve(listener, **{name: value})
+        else:
+            connection = attrs.evolve(connection, **{name: value})
+    return ServerConfig(listener=listener, connection=connection)
+
+
+@pytest.fixture
+async def start_server(nursery: trio.Nursery) -> StartServer:
+    """Start servers in the test's nursery; they are cancelled when the test ends."""
+
+    async def start(**overrides: Any) -> EchoServer:
+        server: EchoServer = await nursery.start(serve, make_config(**overrides))
+        return server
+
+    return start
+
+
+Connect = Callable[[EchoServer], Awaitable[trio.SocketStream]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open client streams to a server; every one is closed when the test ends."""
+    streams: list[trio.SocketStream] = []
+
+    async def open_client(server: EchoServer) -> trio.SocketStream:
+        host, port = server.addresses[0]
+        stream = await trio.open_tcp_stream(host, port)
+        streams.append(stream)
+        return stream
+
+    yield open_client
+    for stream in streams:
+        await trio.aclose_forcefully(stream)
+
+
+async def receive_until_eof(stream: trio.abc.ReceiveStream, limit: float = 10.0) -> bytes:
+    """Everything the peer sends until its EOF; a reset raises BrokenResourceError."""
+    received = bytearray()
+    with trio.fail_after(limit):
+        while chunk := await stream.receive_some():
+            received += chunk
+    return bytes(received)
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, n: int, limit: float = 10.0) -> bytes:
+    received = bytearray()
+    with trio.fail_after(limit):
+        while len(received) < n:
+            chunk = await stream.receive_some(n - len(received))
+            if not chunk:
+                raise EOFError(f"EOF after {len(received)} of {n} bytes")
+            received += chunk
+    return bytes(received)
+
+
+def reset_on_close(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Make closing *sock* send a TCP reset instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    """Poll *predicate* (state the server updates asynchronously) until true, bounded."""
+    with trio.fail_after(limit):
+        # Polling, bounded: the kernel delivers the client's actions to the server
+        # asynchronously, and the server exposes no event per counter.
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.005)

@@ -1,0 +1,228 @@
+"""The real ``trio-echo`` console script, run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import trio_echo
+
+# The console script installed next to this interpreter.
+TRIO_ECHO = str(Path(sys.executable).with_name("trio-echo"))
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    """A ``trio-echo`` child process and its stderr, read line by line with a deadline."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [TRIO_ECHO, "--port", "0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        match = self.wait_for(LISTENING)
+        self.port = int(match.group(2))
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
+        """Read stderr until a line matches *pattern*; fail after *timeout* seconds."""
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stderr, selectors.EVENT_READ)
+            while True:
+                for line in self.lines:
+                    if match := pattern.search(line):
+                        self.lines.remove(line)
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    pytest.fail(f"no line matching {pattern.pattern!r} in {timeout} s")
+                line = self.proc.stderr.readline()
+                if not line:
+                    pytest.fail(f"stderr ended before {pattern.pattern!r}: {self.lines}")
+                self.lines.append(line)
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return sock
+
+    def finish(self, timeout: float = 10.0) -> tuple[int, str]:
+        """Wait for exit; return the status and the rest of stderr."""
+        assert self.proc.stderr is not None
+        rest = self.proc.stderr.read()
+        status = self.proc.wait(timeout)
+        return status, "".join(self.lines) + rest
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def server_process() -> Iterator[type[ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    class Tracked(ServerProcess):
+        def __init__(self, *args: str) -> None:
+            started.append(self)
+            super().__init__(*args)
+
+    yield Tracked
+    for process in started:
+        process.kill()
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_shuts_down_gracefully_and_exits_zero(
+    server_process: type[ServerProcess], signum: signal.Signals
+) -> None:
+    server = server_process("--framing", "line")
+    with server.connect() as client:
+        client.sendall(b"hello\nwor")
+        assert client.recv(100) == b"hello\n"
+        server.proc.send_signal(signum)
+        # The partial line already read is echoed, then a clean EOF.
+        assert read_until_eof(client) == b"wor"
+    status, log = server.finish()
+    assert status == 0
+    assert f"{signum.name} received" in log
+    assert re.search(r"stopped: 1 connections, 2 rounds, 9 bytes in, 9 bytes out", log)
+    assert "reason=shutdown" in log
+    assert "Traceback" not in log
+
+
+def test_rounds_close_is_logged_per_connection(server_process: type[ServerProcess]) -> None:
+    server = server_process("--rounds", "3", "--framing", "line")
+    with server.connect() as client:
+        client_port = client.getsockname()[1]
+        client.sendall(b"a\nb\nc\nd\ne\n")
+        assert read_until_eof(client) == b"a\nb\nc\n"
+    match = server.wait_for(re.compile(r"closed (\S+): rounds=(\d+) .*duration=\S+ reason=(\S+)"))
+    assert match.group(2, 3) == ("3", "rounds")
+    assert match.group(1) == f"127.0.0.1:{client_port}"
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish()[0] == 0
+
+
+def test_second_sigint_stops_at_once(server_process: type[ServerProcess]) -> None:
+    server = server_process("--grace", "60")
+    with server.connect() as client:
+        client.setblocking(False)
+        # Fill both directions: the server blocks sending an echo nobody reads.
+        try:
+            for _ in range(10_000):
+                client.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        server.proc.send_signal(signal.SIGINT)
+        server.wait_for(re.compile("shutting down"))
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        status, log = server.finish()
+    assert status == 0
+    assert time.monotonic() - started < 5
+    assert "received again: stopping now" in log
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--rounds", "0"], "--rounds"),
+        (["--rounds", "-1"], "--rounds"),
+        (["--framing", "xml"], "--framing"),
+        (["--idle-timeout", "-1"], "--idle-timeout"),
+        (["--grace", "-1"], "--grace"),
+        (["--max-message", "0"], "--max-message"),
+        (["--max-connections", "0"], "--max-connections"),
+        (["--port", "eighty"], "--port"),
+        (["--log-level", "loud"], "--log-level"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(args: list[str], option: str) -> None:
+    result = subprocess.run([TRIO_ECHO, *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: trio-echo")
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"trio-echo: error: argument {option}")
+    assert "Traceback" not in result.stderr
+
+
+def test_address_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [TRIO_ECHO, "--port", str(port)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"trio-echo: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def test_version_from_script_and_module() -> None:
+    for command in ([TRIO_ECHO], [sys.executable, "-m", "trio_echo"]):
+        result = subprocess.run(
+            [*command, "--version"], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0
+        assert result.stdout == f"trio-echo {trio_echo.__version__}\n"
+
+
+def test_help_lists_every_option() -> None:
+    result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
+    options = set(re.findall(r"--[a-z-]+", result.stdout))
+    assert {
+        "--host",
+        "--port",
+        "--rounds",
+        "--framing",
+        "--max-message",
+        "--max-connections",
+        "--idle-timeout",
+        "--grace",
+        "--log-level",
+        "--version",
+    } <= options
+
+
+def test_main_in_process_builds_config_errors_as_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from trio_echo._cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--port", "-5"])
+    assert exit_info.value.code == 2
+    assert "argument --port: port must be between 0 and 65535" in capsys.readouterr().err
+
+
+def test_environment_has_console_script() -> None:
+    assert os.access(TRIO_ECHO, os.X_OK), TRIO_ECHO

@@ -1,0 +1,78 @@
+"""Configuration: defaults, validation errors that name the field, immutability."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+
+from trio_echo import ConnectionConfig, ListenerConfig, ServerConfig
+
+
+def test_defaults() -> None:
+    config = ServerConfig()
+    assert attrs.asdict(config.listener) == {
+        "host": "127.0.0.1",
+        "port": 9999,
+        "backlog": None,
+        "max_connections": 1000,
+        "grace": 5.0,
+    }
+    assert attrs.asdict(config.connection) == {
+        "rounds": None,
+        "framing": "raw",
+        "max_message": 65536,
+        "idle_timeout": 300.0,
+        "drain_timeout": 2.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "error"),
+    [
+        (ListenerConfig, "port", 70000, ValueError),
+        (ListenerConfig, "port", -1, ValueError),
+        (ListenerConfig, "port", "80", TypeError),
+        (ListenerConfig, "max_connections", 0, ValueError),
+        (ListenerConfig, "backlog", 0, ValueError),
+        (ListenerConfig, "grace", -0.5, ValueError),
+        (ListenerConfig, "grace", float("nan"), ValueError),
+        (ListenerConfig, "host", 127, TypeError),
+        (ConnectionConfig, "rounds", 0, ValueError),
+        (ConnectionConfig, "rounds", -1, ValueError),
+        (ConnectionConfig, "rounds", True, TypeError),
+        (ConnectionConfig, "rounds", 2.5, TypeError),
+        (ConnectionConfig, "framing", "xml", ValueError),
+        (ConnectionConfig, "max_message", 0, ValueError),
+        (ConnectionConfig, "idle_timeout", -1, ValueError),
+        (ConnectionConfig, "idle_timeout", 0, ValueError),
+        (ConnectionConfig, "idle_timeout", "5", TypeError),
+        (ConnectionConfig, "drain_timeout", float("inf"), ValueError),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(
+    cls: type[Any], field: str, value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=field):
+        cls(**{field: value})
+
+
+def test_valid_edge_values() -> None:
+    assert ListenerConfig(port=0, grace=0).grace == 0
+    assert ConnectionConfig(rounds=1, idle_timeout=None, max_message=1).rounds == 1
+    assert ListenerConfig(host=None).host is None
+
+
+def test_frozen_and_keyword_only() -> None:
+    config = ConnectionConfig()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.rounds = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ConnectionConfig(3)  # type: ignore[call-arg]
+    assert attrs.evolve(config, rounds=3).rounds == 3
+
+
+def test_server_config_checks_its_parts() -> None:
+    with pytest.raises(TypeError, match="listener"):
+        ServerConfig(listener=ConnectionConfig())  # type: ignore[arg-type]

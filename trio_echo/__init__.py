@@ -1,0 +1,24 @@
+"""trio-echo: a TCP echo server built on trio's structured concurrency.
+
+Run it from the shell (``trio-echo --rounds 3``) or embed it::
+
+    server = await nursery.start(trio_echo.serve, trio_echo.ServerConfig())
+"""
+
+from ._config import ConnectionConfig, Framing, ListenerConfig, ServerConfig
+from ._protocol import EchoProtocol
+from ._server import EchoServer, serve
+from ._stats import ServerStatistics
+from ._version import __version__
+
+__all__ = [
+    "ConnectionConfig",
+    "EchoProtocol",
+    "EchoServer",
+    "Framing",
+    "ListenerConfig",
+    "ServerConfig",
+    "ServerStatistics",
+    "__version__",
+    "serve",
+]

@@ -1,0 +1,164 @@
+"""The echo protocol as a state machine that does no I/O (sans-IO, as in h11).
+
+The connection loop feeds it whatever the socket returns and sends whatever it
+hands back; the protocol decides what a message is, counts rounds, and says
+when the connection is done and why.  Nothing here imports trio, so every rule
+can be tested synchronously and byte-exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["EchoProtocol"]
+
+#: Close reasons decided by the protocol (the connection loop adds ``idle``,
+#: ``reset``, ``shutdown``, ``cancelled`` and ``error``).
+ROUNDS: Final = "rounds"
+EOF: Final = "eof"
+LINE_TOO_LONG: Final = "line-too-long"
+SHUTDOWN: Final = "shutdown"
+
+Data = bytes | bytearray | memoryview
+
+_EMPTY: Final = b""
+
+
+class EchoProtocol:
+    """Echo state for one connection.
+
+    Call :meth:`receive_data` with each chunk read from the peer and send what
+    it returns, in order; call :meth:`receive_eof` when the peer half-closes,
+    or :meth:`finish` to stop early (graceful shutdown).  Once :attr:`reason`
+    is set the connection is done: send what the last call returned, then
+    half-close.  Feeding a finished protocol is a caller bug and raises
+    :exc:`RuntimeError`.
+
+    Framing:
+      ``raw``: each chunk is one message. ``line``: each line ending in
+      ``b"\\n"`` is one message, echoed with its newline; lines are reassembled
+      across chunks and one chunk may hold several.
+
+    Limits:
+      With ``rounds=N`` exactly the first *N* messages are echoed and anything
+      after them is never returned.  In ``line`` framing a partial line is
+      buffered until at most ``max_message`` bytes; reaching that without a
+      newline ends the connection with reason ``line-too-long`` (the complete
+      lines before it are still returned), so the buffer never exceeds
+      ``max_message`` plus one chunk.
+    """
+
+    __slots__ = ("_line", "_max_message", "_pending", "_remaining", "reason", "rounds")
+
+    def __init__(self, *, framing: str, rounds: int | None, max_message: int) -> None:
+        self._line = framing == "line"
+        self._max_message = max_message
+        # Rounds still allowed; None is unlimited.
+        self._remaining = rounds
+        # The partial line carried over from earlier chunks (line framing only).
+        self._pending = bytearray()
+        #: Messages handed out for echoing so far.
+        self.rounds = 0
+        #: Why the connection is done, or ``None`` while it is open.
+        self.reason: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes are held back waiting for the end of a line."""
+        return len(self._pending)
+
+    def receive_data(self, data: Data) -> Data:
+        """Take one chunk from the peer; return the bytes to echo now (maybe empty).
+
+        Raises:
+          RuntimeError: if the protocol is already done.
+          ValueError: if *data* is empty (use :meth:`receive_eof` for EOF).
+        """
+        self._check_open()
+        if not data:
+            raise ValueError("receive_data() needs data; call receive_eof() at EOF")
+        if not self._line:
+            return self._receive_raw(data)
+        return self._receive_lines(data)
+
+    def receive_eof(self) -> Data:
+        """The peer half-closed: return the last bytes to echo (a trailing partial line)."""
+        return self._close(EOF)
+
+    def finish(self) -> Data:
+        """Stop early (server shutdown): return the buffered partial line, if any,
+        so that every byte already read is echoed."""
+        return self._close(SHUTDOWN)
+
+    def _check_open(self) -> None:
+        if self.reason is not None:
+            raise RuntimeError(f"the connection is already done ({self.reason})")
+
+    def _receive_raw(self, data: Data) -> Data:
+        self.rounds += 1
+        remaining = self._remaining
+        if remaining is not None:
+            self._remaining = remaining = remaining - 1
+            if remaining == 0:
+                self.reason = ROUNDS
+        return data
+
+    def _receive_lines(self, data: Data) -> Data:
+        pending = self._pending
+        # The pending partial line holds no newline, so only the new bytes are
+        # searched: a client trickling one byte at a time cannot make this quadratic.
+        start = len(pending)
+        if start:
+            pending += data
+            chunk: bytes | bytearray = pending
+        else:
+            chunk = data if isinstance(data, bytes) else bytes(data)
+        # One C-level scan for the last newline and one count, rather than a
+        # Python-level loop per line: a chunk of many short lines stays cheap.
+        end = chunk.rfind(b"\n", start) + 1
+        if end:
+            lines = chunk.count(b"\n", start, end)
+            remaining = self._remaining
+            if remaining is not None and lines >= remaining:
+                end = _end_of_line(chunk, remaining)
+                lines = remaining
+                self.reason = ROUNDS
+            if remaining is not None:
+                self._remaining = remaining - lines
+            self.rounds += lines
+            out = bytes(chunk[:end])
+        else:
+            out = _EMPTY
+        if self.reason is None:
+            self._keep_partial(chunk, end)
+        return out
+
+    def _keep_partial(self, chunk: bytes | bytearray, end: int) -> None:
+        if chunk is self._pending:
+            del self._pending[:end]
+        elif end < len(chunk):
+            self._pending = bytearray(chunk[end:])
+        # A line that cannot fit in max_message can never be echoed whole.
+        if len(self._pending) >= self._max_message:
+            self.reason = LINE_TOO_LONG
+            self._pending = bytearray()
+
+    def _close(self, reason: str) -> Data:
+        self._check_open()
+        self.reason = reason
+        if not self._pending:
+            return _EMPTY
+        out = bytes(self._pending)
+        self._pending = bytearray()
+        self.rounds += 1
+        if self._remaining is not None:
+            self._remaining -= 1
+        return out
+
+
+def _end_of_line(chunk: bytes | bytearray, n: int) -> int:
+    """The offset just past the *n*-th newline of *chunk* (which has at least *n*)."""
+    end = 0
+    for _ in range(n):
+        end = chunk.index(b"\n", end) + 1
+    return end

@@ -1,0 +1,238 @@
+"""``serve()``: listeners, the accept loop with its connection limit, graceful shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from typing import Final
+
+import trio
+
+from ._config import ConnectionConfig, ServerConfig
+from ._connection import Connection, SocketConnection, StreamConnection, format_peer
+from ._stats import ServerStatistics, Tally
+
+__all__ = ["EchoServer", "serve"]
+
+LOGGER = logging.getLogger("trio_echo")
+
+# Errors that accept(2) returns when the system is overloaded (as in trio's
+# serve_listeners): log, wait, retry -- never crash, never spin.
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+
+# How long to wait after one of those before calling accept() again.
+ACCEPT_RETRY_DELAY: Final = 0.100
+
+# At most one "connection limit reached" or accept-error warning per this many
+# seconds, so a flood cannot flood the log too.
+WARNING_INTERVAL: Final = 10.0
+
+
+class EchoServer:
+    """A running echo server: what ``await nursery.start(serve, config)`` returns.
+
+    The handle is live: :meth:`statistics` reads the counters at the moment
+    it is called, and :meth:`shutdown` stops the server gracefully.
+    """
+
+    def __init__(self, config: ServerConfig, listeners: list[trio.SocketListener]) -> None:
+        self.config = config
+        self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
+        # Read once: the listeners are closed at shutdown, the handle outlives them.
+        names = [listener.socket.getsockname() for listener in listeners]
+        self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
+        self._tally = Tally()
+        self._active: set[Connection] = set()
+        self._slots = trio.Semaphore(config.listener.max_connections)
+        # One receive buffer for every plain-TCP connection (see SocketConnection).
+        self._buffer = memoryview(bytearray(config.connection.max_message))
+        self._stop_requested = trio.Event()
+        self._stopped = trio.Event()
+        self._stopping = False
+        self._last_warning = -float("inf")
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every bound ``(host, port)``: one per listener (IPv4 and IPv6 may differ)."""
+        return self._addresses
+
+    @property
+    def port(self) -> int:
+        """The bound port of the first listener (the real one when configured as ``0``)."""
+        return self.addresses[0][1]
+
+    def statistics(self) -> ServerStatistics:
+        """A frozen snapshot of the server's counters, open connections included."""
+        return self._tally.snapshot(self._active)
+
+    def request_shutdown(self) -> None:
+        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it."""
+        self._stop_requested.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :func:`serve` has closed every listener and connection."""
+        await self._stopped.wait()
+
+    async def shutdown(self) -> None:
+        """Shut down gracefully and wait until :func:`serve` has finished.
+
+        The listeners close at once, so new clients are refused.  Connections
+        waiting for input are stopped; one echoing a message finishes it.  Each
+        then echoes any byte already read, half-closes and closes cleanly.
+        Connections still open after ``grace`` seconds are cancelled.  Calling
+        it again, or after the server has stopped, just waits.
+        """
+        self._stop_requested.set()
+        await self._stopped.wait()
+
+    async def _run(self, task_status: trio.TaskStatus[EchoServer]) -> None:
+        try:
+            async with trio.open_nursery() as handlers:
+                async with trio.open_nursery() as acceptors:
+                    for listener in self.listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers)
+                    for host, port in self.addresses:
+                        LOGGER.info("listening on %s", format_peer((host, port)))
+                    task_status.started(self)
+                    await self._stop_requested.wait()
+                    acceptors.cancel_scope.cancel()
+                await self._close_listeners()
+                self._begin_graceful_stop(handlers)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_listeners()
+            self._stopped.set()
+
+    def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
+        grace = self.config.listener.grace
+        LOGGER.info("shutting down: %d connection(s) open, %s s grace", len(self._active), grace)
+        self._stopping = True
+        handlers.cancel_scope.deadline = trio.current_time() + grace
+        for conn in list(self._active):
+            conn.stop()
+
+    async def _close_listeners(self) -> None:
+        for listener in self.listeners:
+            await trio.aclose_forcefully(listener)
+
+    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        """Accept clients while a connection slot is free.
+
+        A slot is taken *before* ``accept()``, so beyond max_connections the
+        clients wait in the kernel's listen backlog, never accepted only to be
+        dropped (trio issues #636, #982).
+        """
+        slots = self._slots
+        while True:
+            if slots.value == 0:
+                self._tally.limit_waits += 1
+                self._warn(
+                    "connection limit reached (%d); new clients wait in the backlog",
+                    self.config.listener.max_connections,
+                )
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self._tally.accept_errors += 1
+                self._warn(
+                    "accept failed: %s; retrying in %s s",
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+            except BaseException:
+                slots.release()
+                raise
+            else:
+                self._tally.accepted += 1
+                handlers.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        started = trio.current_time()
+        conn = self._connection_for(stream)
+        self._active.add(conn)
+        if self._stopping:
+            conn.stop()
+        reason = "error"
+        try:
+            reason = await conn.serve()
+        finally:
+            reason = conn.reason or reason
+            self._active.discard(conn)
+            self._tally.record_close(conn, reason)
+            self._slots.release()
+            LOGGER.info(
+                "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
+                conn.peer,
+                conn.rounds,
+                conn.bytes_in,
+                conn.bytes_out,
+                trio.current_time() - started,
+                reason,
+            )
+
+    def _connection_for(self, stream: trio.SocketStream) -> Connection:
+        config: ConnectionConfig = self.config.connection
+        try:
+            peer = format_peer(stream.socket.getpeername())
+        except OSError:
+            peer = "unknown peer"
+        if isinstance(stream, trio.SocketStream):
+            # Take the OS socket out of trio's wrapper to drive it directly.
+            sock = socket.socket(fileno=stream.socket.detach())
+            sock.setblocking(False)
+            return SocketConnection(sock, config, peer=peer, buffer=self._buffer)
+        return StreamConnection(stream, config, peer=peer)
+
+    def _warn(self, message: str, *args: object) -> None:
+        now = trio.current_time()
+        if now - self._last_warning >= WARNING_INTERVAL:
+            self._last_warning = now
+            LOGGER.warning(message, *args)
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    task_status: trio.TaskStatus[EchoServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run an echo server until it is shut down or cancelled.
+
+    Binds ``config.listener.host``/``port`` (``port=0`` picks a free port;
+    ``host=None`` binds every address, possibly on different ports for IPv4
+    and IPv6 -- see :attr:`EchoServer.addresses`), logs ``listening on
+    HOST:PORT`` for each, and runs one task per connection.
+
+    Usage::
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(trio_echo.serve, config)
+            ...  # connect to ("127.0.0.1", server.port)
+            await server.shutdown()
+
+    Returns:
+      After :meth:`EchoServer.shutdown` has closed every connection.
+
+    Cancellation:
+      Cancelling the scope running :func:`serve` closes the listeners and every
+      connection at once (close reason ``cancelled``); no task outlives it.
+
+    Error handling:
+      Binding errors (address in use, permission denied, unknown host) raise
+      :exc:`OSError` before the server starts.  A connection's errors end only
+      that connection, with a close reason.  ``accept()`` running out of file
+      descriptors or memory is logged and retried after 100 ms.
+    """
+    listener_config = config.listener
+    listeners = await trio.open_tcp_listeners(
+        listener_config.port, host=listener_config.host, backlog=listener_config.backlog
+    )
+    await EchoServer(config, listeners)._run(task_status)

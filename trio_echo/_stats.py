@@ -1,0 +1,98 @@
+"""Server statistics: a tally the server owns, and frozen snapshots of it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import attrs
+
+__all__ = ["ServerStatistics"]
+
+
+class ConnectionCounters(Protocol):
+    """What the tally reads from a connection (open or closed)."""
+
+    rounds: int
+    bytes_in: int
+    bytes_out: int
+
+
+@attrs.frozen(kw_only=True)
+class ServerStatistics:
+    """A snapshot of a server's counters, from :meth:`EchoServer.statistics`.
+
+    Counters cover the server's whole life so far; the open connections'
+    rounds and bytes are included up to the moment of the snapshot.
+    """
+
+    active: int
+    """Connections open now."""
+
+    accepted: int
+    """Connections accepted in total (``accepted == closed + active``)."""
+
+    closed: int
+    """Connections closed in total."""
+
+    closed_by_reason: Mapping[str, int]
+    """Closed connections per close reason (``rounds``, ``eof``, ``idle``, ...)."""
+
+    rounds: int
+    """Messages echoed in full."""
+
+    bytes_in: int
+    """Bytes received from clients and echoed or buffered (not bytes discarded
+    after the last round)."""
+
+    bytes_out: int
+    """Bytes echoed to clients."""
+
+    limit_waits: int
+    """Times the accept loop found every connection slot taken and waited."""
+
+    accept_errors: int
+    """Times ``accept()`` failed for lack of resources (``EMFILE``, ``ENFILE``, ...)."""
+
+
+@attrs.define(kw_only=True)
+class Tally:
+    """The counters of closed connections and of accept-side events.
+
+    Owned by one server; the open connections are counted by the server and
+    passed to :meth:`snapshot`, so the hot path only bumps per-connection fields.
+    """
+
+    accepted: int = 0
+    rounds: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    limit_waits: int = 0
+    accept_errors: int = 0
+    closed_by_reason: Counter[str] = attrs.field(factory=Counter)
+
+    def record_close(self, conn: ConnectionCounters, reason: str) -> None:
+        self.rounds += conn.rounds
+        self.bytes_in += conn.bytes_in
+        self.bytes_out += conn.bytes_out
+        self.closed_by_reason[reason] += 1
+
+    def snapshot(self, active: Iterable[ConnectionCounters]) -> ServerStatistics:
+        rounds, bytes_in, bytes_out, n_active = self.rounds, self.bytes_in, self.bytes_out, 0
+        for conn in active:
+            n_active += 1
+            rounds += conn.rounds
+            bytes_in += conn.bytes_in
+            bytes_out += conn.bytes_out
+        return ServerStatistics(
+            active=n_active,
+            accepted=self.accepted,
+            closed=sum(self.closed_by_reason.values()),
+            closed_by_reason=dict(sorted(self.closed_by_reason.items())),
+            rounds=rounds,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            limit_waits=self.limit_waits,
+            accept_errors=self.accept_errors,
+        )
