@@ -1,0 +1,74 @@
+"""The benchmark harness runs end to end (``benchmarks/run.py --smoke``), so it cannot rot.
+
+Speed is not asserted here -- only that every server starts, every scenario
+runs with every echoed byte checked, and the results are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+SCENARIOS = ("pingpong-1k", "pingpong-64", "line-64", "stream")
+
+
+def smoke(tmp_path: Path, *args: str) -> dict[str, Any]:
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--output", str(output), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| trio-echo |" in done.stdout
+    result: dict[str, Any] = json.loads(output.read_text())
+    return result
+
+
+def check_pingpong_and_stream(figures: dict[str, Any]) -> None:
+    for scenario in SCENARIOS:
+        fig = figures[scenario]
+        assert fig["verified_bytes"] > 0
+        assert fig["server_cpu_s"] >= 0
+        if scenario == "stream":
+            assert fig["mb_per_s"] > 0
+        else:
+            assert fig["round_trips"] > 0
+            assert fig["cpu_us_per_rt"] >= 0
+            assert 0 < fig["p50_us"] <= fig["p99_us"]
+
+
+def test_smoke_compares_trio_echo_with_asyncio_streams(tmp_path: Path) -> None:
+    result = smoke(tmp_path, "--servers", "trio-echo,asyncio-streams", "--idle-conns", "100")
+    medians = result["medians"]
+    assert set(medians) == {"trio-echo", "asyncio-streams"}
+    for figures in medians.values():
+        check_pingpong_and_stream(figures)
+        assert figures["idle-100"]["rss_held_kib"] > 0
+    assert "| asyncio-streams | 1.00x |" in result["table"]
+
+
+def test_smoke_with_the_python_load_generator(tmp_path: Path) -> None:
+    # The fallback for machines without gcc: run it even where gcc exists.
+    args = ["--servers", "trio-echo", "--loadgen", "python", "--scenarios", "pingpong-64,stream"]
+    result = smoke(tmp_path, *args)
+    assert result["notes"][0] == "load generator: python"
+    figures = result["runs"][0]["trio-echo"]
+    assert figures["pingpong-64"]["round_trips"] > 0
+    assert figures["stream"]["verified_bytes"] > 0
+
+
+def test_unknown_server_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--servers", "nginx"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "unknown server 'nginx'" in done.stderr
