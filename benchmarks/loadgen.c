@@ -99,8 +99,9 @@ static double proc_cpu(int pid) {
     return (double)(ut + st) / sysconf(_SC_CLK_TCK);
 }
 
-/* Seconds a process's main thread spent runnable but waiting for a CPU: the
- * share of the window it lost to other work on its core; -1 if unknown. */
+/* Seconds a process's main thread spent runnable but waiting for a CPU: time
+ * lost to other work on its core; -1 if unknown.  (Only the main thread: the
+ * threads of a thread-per-connection server also wait for one another.) */
 static double proc_wait(int pid) {
     if (pid <= 0) return -1;
     char path[64];

@@ -298,6 +298,12 @@ def bench_server(
         if not chosen:
             continue
         with server(name, framing, core, 1000) as proc:
+            if opts.server_warmup > 0:
+                # A fresh asyncio server spends its first seconds at several times its
+                # steady cost per round trip: load every server alike, unmeasured, first.
+                args = [*wanted[chosen[0]][1], "--port", str(proc.port), "--warmup", "0"]
+                args += ["--duration", str(opts.server_warmup), "--max-rounds", str(MAX_ROUNDS)]
+                run_loadgen(opts.loadgen, args, load_core, timeout + opts.server_warmup)
             for scenario in chosen:
                 args = [
                     *wanted[scenario][1],
@@ -306,9 +312,16 @@ def bench_server(
                     "--server-pid",
                     str(proc.pid),
                 ]
-                raw = run_loadgen(opts.loadgen, args + timing, load_core, timeout)
-                results[scenario] = {**raw, **derive(raw)}
-                log(f"  {name:17} {scenario:12} {summary_line(results[scenario])}")
+                best: dict[str, Any] | None = None
+                for attempt in range(1, opts.attempts + 1):
+                    raw = run_loadgen(opts.loadgen, args + timing, load_core, timeout)
+                    figs = {**raw, **derive(raw), "attempt": attempt}
+                    log(f"  {name:17} {scenario:12} {summary_line(figs)}")
+                    if best is None or contention(figs) < contention(best):
+                        best = figs
+                    if contention(figs) <= opts.max_wait:
+                        break
+                results[scenario] = best
     if "idle" in opts.scenarios:
         for conns in opts.idle_conns:
             with server(name, "raw", core, conns + 100) as proc:
@@ -325,6 +338,11 @@ def bench_server(
             }
             log(f"  {name:17} idle-{conns:<7} {per_conn:7.2f} KiB per connection")
     return results
+
+
+def contention(figs: dict[str, Any]) -> float:
+    """The share of the window the server or the load generator lost to other work."""
+    return float(max(figs["server_wait"], figs["loadgen_wait"]))
 
 
 def summary_line(fig: dict[str, Any]) -> str:
@@ -460,11 +478,12 @@ def chart(summary: dict[str, Any], servers: list[str], idle_conns: list[int], pa
             for bar, color in zip(bars, colors, strict=True):
                 if color and len(series) == 1:
                     bar.set_color(color)
-            ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
+            labels = [f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v else "" for v in values]
+            ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
         ax.set_yticks([y + height * (len(series) - 1) / 2 for y in range(len(order))], order)
         ax.set_title(title, fontsize=10)
         if len(series) > 1:
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best")
         ax.margins(x=0.15)
     fig_.suptitle("trio-echo and its peers, one server per core (medians)", fontsize=12)
     fig_.tight_layout()
@@ -484,6 +503,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; medians shown")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds")
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=2,
+        help="tries per scenario while other work takes more than --max-wait (best kept)",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=0.10,
+        help="share of the window the server or load generator may wait for a CPU",
+    )
+    parser.add_argument(
+        "--server-warmup",
+        type=float,
+        default=3.0,
+        help="seconds of unmeasured load on each fresh server before its first scenario",
+    )
     parser.add_argument("--idle-conns", default="5000,10000", help="comma-separated counts")
     parser.add_argument("--loadgen", choices=("auto", "c", "python"), default="auto")
     parser.add_argument("--output", type=Path, help="JSON results (default: benchmarks/results/)")
@@ -493,9 +530,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also write benchmarks/latest.json and docs/benchmark.png (what the README shows)",
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: take the medians over the runs in these result files",
+    )
     opts = parser.parse_args(argv)
+    opts.servers_given = opts.servers is not None
     if opts.smoke:
-        opts.repeat, opts.warmup, opts.duration = 1, 0.2, 0.4
+        opts.repeat, opts.attempts, opts.warmup, opts.duration = 1, 1, 0.2, 0.4
+        opts.server_warmup = 0.0
         if opts.idle_conns == parser.get_default("idle_conns"):
             opts.idle_conns = "200"
     available = [s for s in ALL_SERVERS if "uvloop" not in s or importlib.util.find_spec("uvloop")]
@@ -513,20 +559,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         opts.idle_conns = [int(n) for n in opts.idle_conns.split(",")]
     except ValueError:
         parser.error(f"--idle-conns: not a list of counts: {opts.idle_conns!r}")
-    if opts.repeat < 1 or opts.duration <= 0 or opts.warmup < 0:
-        parser.error("--repeat must be >= 1, --duration > 0, --warmup >= 0")
+    if opts.repeat < 1 or opts.attempts < 1 or opts.duration <= 0 or opts.warmup < 0:
+        parser.error("--repeat and --attempts must be >= 1, --duration > 0, --warmup >= 0")
     return opts
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        raise_fd_limit(max(opts.idle_conns) + 1024)
-        opts.loadgen, kind = loadgen_command(opts.loadgen)
-    except (BenchError, OSError, subprocess.SubprocessError) as exc:
-        print(f"run.py: error: {exc}", file=sys.stderr)
-        return 1
+def measure(
+    opts: argparse.Namespace, log: Callable[[str], None]
+) -> tuple[Any, list[str], list[Any]]:
+    """Run every selected server and scenario ``--repeat`` times: (machine, notes, runs)."""
+    raise_fd_limit(max(opts.idle_conns) + 1024)
+    opts.loadgen, kind = loadgen_command(opts.loadgen)
     opts.cores = pick_cores()
     info = machine()
     notes = [f"load generator: {kind}"]
@@ -536,12 +579,33 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"server on core {opts.cores[0]}, load generator on core {opts.cores[1]}")
     log(f"{info}; " + "; ".join(notes))
     runs: list[dict[str, Any]] = []
+    for repeat in range(opts.repeat):
+        log(f"run {repeat + 1} of {opts.repeat}")
+        runs.append({name: bench_server(name, opts, log) for name in opts.servers})
+    return info, notes, runs
+
+
+def combine(opts: argparse.Namespace) -> tuple[Any, list[str], list[Any]]:
+    """The runs of earlier result files, to take medians over all of them."""
+    docs = [json.loads(Path(path).read_text()) for path in opts.combine]
+    runs = [run for doc in docs for run in doc["runs"]]
+    servers = [s for s in ALL_SERVERS if any(s in run for run in runs)]
+    opts.servers = [s for s in opts.servers if s in servers] if opts.servers_given else servers
+    opts.idle_conns = docs[0]["settings"]["idle_conns"]
+    opts.repeat = len(runs)
+    opts.scenarios = docs[0]["settings"]["scenarios"]
+    notes = [n for n in docs[0]["notes"] if n.startswith(("load generator:", "server on", "one"))]
+    notes.append(f"medians over {len(runs)} runs from {', '.join(map(str, opts.combine))}")
+    return docs[0]["machine"], notes, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()
     try:
-        for repeat in range(opts.repeat):
-            log(f"run {repeat + 1} of {opts.repeat}")
-            runs.append({name: bench_server(name, opts, log) for name in opts.servers})
-    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        info, notes, runs = combine(opts) if opts.combine else measure(opts, log)
+    except (BenchError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 1
     summary = medians(runs)
@@ -570,6 +634,18 @@ def main(argv: list[str] | None = None) -> int:
             f"server below {SATURATED:.0%} busy (the load generator or other work on the machine"
             " was the limit; CPU per round trip then includes idle wake-ups): " + ", ".join(idle)
         )
+    waits = [
+        figs["server_wait"]
+        for run in runs
+        for scs in run.values()
+        for figs in scs.values()
+        if figs.get("server_wait", -1) >= 0
+    ]
+    if waits:
+        notes.append(
+            f"the server waited for a CPU {statistics.median(waits):.0%} of the measured time"
+            " (median over scenarios; other work on its core)"
+        )
     table = markdown(summary, opts.servers, opts.idle_conns)
     print(table)
     print("\n" + "\n".join(notes))
@@ -578,7 +654,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "settings": {
             "repeat": opts.repeat,
+            "attempts": opts.attempts,
+            "max_wait": opts.max_wait,
             "warmup_s": opts.warmup,
+            "server_warmup_s": getattr(opts, "server_warmup", None),
             "duration_s": opts.duration,
             "servers": opts.servers,
             "scenarios": opts.scenarios,
