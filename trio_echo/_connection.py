@@ -124,8 +124,10 @@ class Connection:
 
     async def _echo_then_close(self) -> str:
         protocol = self._protocol
+        # Read the clock directly on the hot path, skipping trio.current_time()'s lookups.
+        self._clock = trio.lowlevel.current_clock()
         if self._idle is not None:
-            self._scope.deadline = trio.current_time() + self._idle
+            self._scope.deadline = self._clock.current_time() + self._idle
         with self._scope:
             await self._echo_loop(protocol)
         if self._stopping:
@@ -200,7 +202,7 @@ class Connection:
         right before the connection blocks."""
         idle = self._idle
         if idle is not None:
-            deadline = trio.current_time() + idle
+            deadline = self._clock.current_time() + idle
             if deadline > self._scope.deadline:
                 self._scope.deadline = deadline + idle * IDLE_SLACK
 
@@ -221,23 +223,33 @@ class SocketConnection(Connection):
         super().__init__(config, peer=peer)
         self._sock = sock
         self._buffer = buffer
+        # A new client has often sent its first message already.
+        self._maybe_ready = True
 
     async def _receive(self) -> Data:
         sock = self._sock
         buffer = self._buffer
+        # Try the socket first only when data is likely waiting; after a short
+        # read (the usual request/response case) go straight to waiting, which
+        # saves a failing recv() and its exception per round.
+        ready = self._maybe_ready
         while True:
-            try:
-                n = sock.recv_into(buffer)
-            except BlockingIOError:
-                self._arm_idle()
-                self._receiving = True
+            if ready:
                 try:
-                    await trio.lowlevel.wait_readable(sock)
-                finally:
-                    self._receiving = False
-                self._unyielded = 0
-            else:
-                return buffer[:n]
+                    n = sock.recv_into(buffer)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._maybe_ready = n == len(buffer)
+                    return buffer[:n]
+            self._arm_idle()
+            self._receiving = True
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            finally:
+                self._receiving = False
+            self._unyielded = 0
+            ready = True
 
     async def _send_all(self, data: Data) -> None:
         sock = self._sock

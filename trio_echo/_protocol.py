@@ -74,12 +74,19 @@ class EchoProtocol:
           RuntimeError: if the protocol is already done.
           ValueError: if *data* is empty (use :meth:`receive_eof` for EOF).
         """
-        self._check_open()
-        if not data:
+        if self.reason is not None or not data:
+            self._check_open()
             raise ValueError("receive_data() needs data; call receive_eof() at EOF")
-        if not self._line:
-            return self._receive_raw(data)
-        return self._receive_lines(data)
+        if self._line:
+            return self._receive_lines(data)
+        # raw framing, inline: this is the hot path of the default configuration.
+        self.rounds += 1
+        remaining = self._remaining
+        if remaining is not None:
+            self._remaining = remaining = remaining - 1
+            if remaining == 0:
+                self.reason = ROUNDS
+        return data
 
     def receive_eof(self) -> Data:
         """The peer half-closed: return the last bytes to echo (a trailing partial line)."""
@@ -93,15 +100,6 @@ class EchoProtocol:
     def _check_open(self) -> None:
         if self.reason is not None:
             raise RuntimeError(f"the connection is already done ({self.reason})")
-
-    def _receive_raw(self, data: Data) -> Data:
-        self.rounds += 1
-        remaining = self._remaining
-        if remaining is not None:
-            self._remaining = remaining = remaining - 1
-            if remaining == 0:
-                self.reason = ROUNDS
-        return data
 
     def _receive_lines(self, data: Data) -> Data:
         pending = self._pending
