@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from typing import Final
 
 import trio
@@ -13,6 +14,7 @@ import trio
 from ._config import ConnectionConfig, ServerConfig
 from ._connection import Connection, SocketConnection, StreamConnection, format_peer
 from ._stats import ServerStatistics, Tally
+from ._tls import TLSConnection, server_context
 
 __all__ = ["EchoServer", "serve"]
 
@@ -39,8 +41,15 @@ class EchoServer:
     it is called, and :meth:`shutdown` stops the server gracefully.
     """
 
-    def __init__(self, config: ServerConfig, listeners: list[trio.SocketListener]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        listeners: list[trio.SocketListener],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
+        self._ssl_context = ssl_context
         self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
         # Read once: the listeners are closed at shutdown, the handle outlives them.
         names = [listener.socket.getsockname() for listener in listeners]
@@ -185,6 +194,15 @@ class EchoServer:
             peer = format_peer(stream.socket.getpeername())
         except OSError:
             peer = "unknown peer"
+        tls = self.config.tls
+        if self._ssl_context is not None and tls is not None:
+            return TLSConnection(
+                stream,
+                self._ssl_context,
+                config,
+                peer=peer,
+                handshake_timeout=tls.handshake_timeout,
+            )
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
@@ -206,10 +224,12 @@ async def serve(
 ) -> None:
     """Run an echo server until it is shut down or cancelled.
 
-    Binds ``config.listener.host``/``port`` (``port=0`` picks a free port;
-    ``host=None`` binds every address, possibly on different ports for IPv4
-    and IPv6 -- see :attr:`EchoServer.addresses`), logs ``listening on
-    HOST:PORT`` for each, and runs one task per connection.
+    With ``config.tls`` set, loads the certificate first and serves echo
+    over TLS (see :class:`TLSConfig`).  Binds ``config.listener.host``/``port``
+    (``port=0`` picks a free port; ``host=None`` binds every address,
+    possibly on different ports for IPv4 and IPv6 -- see
+    :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
+    and runs one task per connection.
 
     Usage::
 
@@ -227,12 +247,16 @@ async def serve(
 
     Error handling:
       Binding errors (address in use, permission denied, unknown host) raise
-      :exc:`OSError` before the server starts.  A connection's errors end only
-      that connection, with a close reason.  ``accept()`` running out of file
+      :exc:`OSError` before the server starts, and so do TLS files that are
+      missing or invalid (:exc:`ssl.SSLError` is an ``OSError``).  A
+      connection's errors end only that connection, with a close reason (a
+      TLS handshake that fails or does not finish within
+      ``tls.handshake_timeout``: ``tls-error``).  ``accept()`` running out of file
       descriptors or memory is logged and retried after 100 ms.
     """
+    context = None if config.tls is None else server_context(config.tls)
     listener_config = config.listener
     listeners = await trio.open_tcp_listeners(
         listener_config.port, host=listener_config.host, backlog=listener_config.backlog
     )
-    await EchoServer(config, listeners)._run(task_status)
+    await EchoServer(config, listeners, ssl_context=context)._run(task_status)

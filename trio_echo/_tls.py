@@ -1,0 +1,150 @@
+"""Echo over TLS: the server's SSL context and the TLS connection.
+
+A TLS connection is a :class:`~trio_echo._connection.StreamConnection` on a
+:class:`trio.SSLStream` with two differences:
+
+* The handshake is explicit and bounded.  ``SSLListener.accept`` does not
+  handshake -- the handshake would happen on first I/O, unbounded by
+  anything but the idle timeout -- so the connection completes it first,
+  within ``TLSConfig.handshake_timeout``.  A client that stays silent, speaks
+  plain TCP, or offers no acceptable certificate is closed with reason
+  ``tls-error`` and one INFO line.
+
+* The close.  TLS cannot half-close the way TCP can (``SSLStream`` has no
+  ``send_eof``), so wherever the plain-TCP connection half-closes -- rounds
+  exhausted, idle, shutdown -- and also after the client's own EOF, the TLS
+  connection sends ``close_notify`` (the client reads a clean TLS EOF after
+  the last echo), then half-closes TCP and discards the client's bytes until
+  its TCP EOF, for at most ``drain_timeout``, then closes.  As over TCP, the
+  server never closes with unread input, so the kernel sends no reset that
+  could destroy echoes the client has not read yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Final
+
+import trio
+
+from ._config import ConnectionConfig, TLSConfig
+from ._connection import StreamConnection
+from ._protocol import EOF, SHUTDOWN
+
+__all__ = ["TLS_ERROR", "TLSConnection", "server_context"]
+
+LOGGER = logging.getLogger("trio_echo")
+
+TLS_ERROR: Final = "tls-error"
+
+
+def server_context(tls: TLSConfig) -> ssl.SSLContext:
+    """An SSL context serving *tls*'s certificate, requiring client
+    certificates when ``client_ca`` is set.
+
+    Raises:
+      OSError: a file is missing or unreadable; :exc:`ssl.SSLError` (an
+        ``OSError``) when a file is not valid PEM or the key does not match.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.certfile, tls.keyfile)
+    if tls.client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=tls.client_ca)
+    return context
+
+
+class DrainingClose(trio.abc.Stream):
+    """A TCP stream whose :meth:`aclose` half-closes and drains before closing.
+
+    :meth:`trio.SSLStream.aclose` sends ``close_notify`` and then closes its
+    transport; with this transport that close becomes the same lingering
+    close as plain TCP's (see the module docstring).
+    """
+
+    def __init__(self, stream: trio.SocketStream, drain_timeout: float) -> None:
+        self.stream = stream
+        self._drain_timeout = drain_timeout
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        try:
+            await self.stream.send_eof()
+            with trio.move_on_after(self._drain_timeout):
+                while await self.stream.receive_some():
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            LOGGER.debug("while closing: %s", exc or type(exc).__name__)
+        finally:
+            await self.stream.aclose()
+
+
+class TLSConnection(StreamConnection):
+    """A connection on a server-side :class:`trio.SSLStream` (see the module docstring).
+
+    Cancellation:
+      :meth:`stop` during the handshake abandons it (reason ``shutdown``);
+      otherwise as :class:`~trio_echo._connection.Connection`.
+    """
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        context: ssl.SSLContext,
+        config: ConnectionConfig,
+        *,
+        peer: str,
+        handshake_timeout: float,
+    ) -> None:
+        self._tls = trio.SSLStream(
+            DrainingClose(stream, config.drain_timeout), context, server_side=True
+        )
+        super().__init__(self._tls, config, peer=peer)
+        self._handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
+
+    def stop(self) -> None:
+        super().stop()
+        self._handshake.cancel()
+
+    async def _echo_then_close(self) -> str:
+        with self._handshake:
+            try:
+                await self._tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                LOGGER.info("%s: TLS handshake failed: %s", self.peer, _describe(exc))
+                return TLS_ERROR
+        if self._handshake.cancelled_caught:
+            if self._stopping:
+                return SHUTDOWN
+            LOGGER.info("%s: TLS handshake not completed in time", self.peer)
+            return TLS_ERROR
+        reason = await super()._echo_then_close()
+        if reason == EOF:
+            # The client's close_notify: answer it, as for every other reason.
+            await self._half_close_and_drain()
+        return reason
+
+    async def _half_close_and_drain(self) -> None:
+        """Send close_notify, then the lingering TCP close, within drain_timeout."""
+        with trio.move_on_after(self._config.drain_timeout):
+            try:
+                await self._tls.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                LOGGER.debug("%s: while closing: %s", self.peer, exc or type(exc).__name__)
+
+
+def _describe(exc: BaseException) -> str:
+    """The SSL error behind a BrokenResourceError, in one line."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or str(cause)
+    return str(cause or exc) or type(cause or exc).__name__
