@@ -13,6 +13,7 @@ import trio
 
 from ._config import ConnectionConfig, ServerConfig
 from ._connection import Connection, SocketConnection, StreamConnection, format_peer
+from ._logs import event
 from ._stats import ServerStatistics, Tally
 from ._tls import TLSConnection, server_context
 
@@ -105,7 +106,13 @@ class EchoServer:
                     for listener in self.listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
                     for host, port in self.addresses:
-                        LOGGER.info("listening on %s", format_peer((host, port)))
+                        LOGGER.info(
+                            "listening on %s",
+                            format_peer((host, port)),
+                            extra=event(
+                                "start", host=host, port=port, tls=self.config.tls is not None
+                            ),
+                        )
                     task_status.started(self)
                     await self._stop_requested.wait()
                     acceptors.cancel_scope.cancel()
@@ -118,7 +125,12 @@ class EchoServer:
 
     def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
         grace = self.config.listener.grace
-        LOGGER.info("shutting down: %d connection(s) open, %s s grace", len(self._active), grace)
+        LOGGER.info(
+            "shutting down: %d connection(s) open, %s s grace",
+            len(self._active),
+            grace,
+            extra=event("stopping", active=len(self._active), grace=grace),
+        )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
         for conn in list(self._active):
@@ -178,14 +190,24 @@ class EchoServer:
             self._active.discard(conn)
             self._tally.record_close(conn, reason)
             self._slots.release()
+            duration = trio.current_time() - started
             LOGGER.info(
                 "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
                 conn.peer,
                 conn.rounds,
                 conn.bytes_in,
                 conn.bytes_out,
-                trio.current_time() - started,
+                duration,
                 reason,
+                extra=event(
+                    "close",
+                    peer=conn.peer,
+                    rounds=conn.rounds,
+                    bytes_in=conn.bytes_in,
+                    bytes_out=conn.bytes_out,
+                    duration=round(duration, 6),
+                    reason=reason,
+                ),
             )
 
     def _connection_for(self, stream: trio.SocketStream) -> Connection:

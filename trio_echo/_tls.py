@@ -22,8 +22,11 @@ A TLS connection is a :class:`~trio_echo._connection.StreamConnection` on a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import ssl
+from collections.abc import Iterator
 from typing import Final
 
 import trio
@@ -44,15 +47,40 @@ def server_context(tls: TLSConfig) -> ssl.SSLContext:
     certificates when ``client_ca`` is set.
 
     Raises:
-      OSError: a file is missing or unreadable; :exc:`ssl.SSLError` (an
-        ``OSError``) when a file is not valid PEM or the key does not match.
+      OSError: a file is missing or unreadable (the same subclass, e.g.
+        :exc:`FileNotFoundError`), or :exc:`ssl.SSLError` when a file is not
+        valid PEM or the key does not match the certificate; ``strerror``
+        names the field and the file, e.g. ``certfile 'x.pem': No such file
+        or directory``.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.certfile, tls.keyfile)
+    files = {"certfile": tls.certfile, "keyfile": tls.keyfile, "client_ca": tls.client_ca}
+    for field, path in files.items():
+        if path is not None:
+            with _naming(f"{field} {os.fspath(path)!r}"):
+                open(path, "rb").close()
+    chain = f"certfile {os.fspath(tls.certfile)!r}"
+    if tls.keyfile is not None:
+        chain += f" with keyfile {os.fspath(tls.keyfile)!r}"
+    with _naming(chain, invalid="not a PEM certificate chain with its matching private key"):
+        context.load_cert_chain(tls.certfile, tls.keyfile)
     if tls.client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=tls.client_ca)
+        with _naming(f"client_ca {os.fspath(tls.client_ca)!r}", invalid="no PEM certificates"):
+            context.load_verify_locations(cafile=tls.client_ca)
     return context
+
+
+@contextlib.contextmanager
+def _naming(what: str, invalid: str = "") -> Iterator[None]:
+    """Re-raise an OSError with *what* (the field and file) in its message."""
+    try:
+        yield
+    except ssl.SSLError as exc:
+        detail = " ".join(filter(None, [invalid, exc.reason and f"({exc.reason})"]))
+        raise ssl.SSLError(exc.errno, f"{what}: {detail}") from exc
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{what}: {exc.strerror}") from exc
 
 
 class DrainingClose(trio.abc.Stream):
