@@ -16,6 +16,7 @@ streams in tests).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from typing import Final
 
@@ -69,7 +70,10 @@ class Connection:
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
         )
         self._idle = config.idle_timeout
-        self._scope = trio.CancelScope()
+        # Armed from the start: _arm_idle only ever moves the deadline later.
+        self._scope = trio.CancelScope(
+            deadline=trio.current_time() + self._idle if self._idle is not None else math.inf
+        )
         self._stopping = False
         self._receiving = False
         self._unyielded = 0

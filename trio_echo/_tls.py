@@ -83,17 +83,36 @@ def _naming(what: str, invalid: str = "") -> Iterator[None]:
         raise type(exc)(exc.errno, f"{what}: {exc.strerror}") from exc
 
 
-class DrainingClose(trio.abc.Stream):
-    """A TCP stream whose :meth:`aclose` half-closes and drains before closing.
+# A TLS record: 1 byte type, 2 bytes version, 2 bytes length, then the body.
+RECORD_HEADER: Final = 5
+# Record content types (change_cipher_spec, alert, handshake, application_data,
+# heartbeat); with a major version of 3, anything else is not TLS at all.
+RECORD_TYPES: Final = frozenset({20, 21, 22, 23, 24})
+# The largest record body any TLS version allows (TLS 1.2's TLSCiphertext).
+MAX_RECORD_BODY: Final = 2**14 + 2048
 
-    :meth:`trio.SSLStream.aclose` sends ``close_notify`` and then closes its
-    transport; with this transport that close becomes the same lingering
-    close as plain TCP's (see the module docstring).
+
+class ServerTransport(trio.abc.Stream):
+    """The TCP stream under a server's :class:`trio.SSLStream`, with two duties.
+
+    Record-aligned reads: :meth:`receive_some` returns whole TLS records, so
+    the SSL object never holds a client record it has not decrypted yet.
+    Sending ``close_notify`` calls ``SSL_shutdown`` twice; the second call
+    reads, and if it finds application data -- a client that pipelined past
+    the last round -- OpenSSL fails with ``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``
+    and :class:`trio.SSLStream` drops the ``close_notify`` it had just built.
+    With nothing buffered the second call just waits, which ``aclose``
+    ignores, and the ``close_notify`` goes out.
+
+    Lingering close: :meth:`aclose` (which :meth:`trio.SSLStream.aclose` calls
+    after sending ``close_notify``) half-closes, discards the client's bytes
+    until its EOF or for at most *drain_timeout*, then closes.
     """
 
     def __init__(self, stream: trio.SocketStream, drain_timeout: float) -> None:
         self.stream = stream
         self._drain_timeout = drain_timeout
+        self._received = bytearray()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)
@@ -102,9 +121,40 @@ class DrainingClose(trio.abc.Stream):
         await self.stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.stream.receive_some(max_bytes)
+        received = self._received
+        while True:
+            end = self._record_end()
+            if end is not None and (max_bytes is None or end <= max_bytes):
+                record = received[:end]
+                del received[:end]
+                await trio.lowlevel.checkpoint()
+                return record
+            if max_bytes is not None and len(received) >= max_bytes:
+                chunk = received[:max_bytes]
+                del received[:max_bytes]
+                await trio.lowlevel.checkpoint()
+                return chunk
+            data = await self.stream.receive_some()
+            if not data:
+                rest = bytes(received)
+                received.clear()
+                return rest
+            received += data
+
+    def _record_end(self) -> int | None:
+        """Where the first buffered record ends, if it is all here; for bytes
+        that are not a TLS record, everything buffered (OpenSSL rejects it)."""
+        received = self._received
+        if len(received) < RECORD_HEADER:
+            return None
+        length = int.from_bytes(received[3:5], "big")
+        if received[0] not in RECORD_TYPES or received[1] != 3 or length > MAX_RECORD_BODY:
+            return len(received)
+        end = RECORD_HEADER + length
+        return end if len(received) >= end else None
 
     async def aclose(self) -> None:
+        self._received.clear()
         try:
             await self.stream.send_eof()
             with trio.move_on_after(self._drain_timeout):
@@ -134,7 +184,7 @@ class TLSConnection(StreamConnection):
         handshake_timeout: float,
     ) -> None:
         self._tls = trio.SSLStream(
-            DrainingClose(stream, config.drain_timeout), context, server_side=True
+            ServerTransport(stream, config.drain_timeout), context, server_side=True
         )
         super().__init__(self._tls, config, peer=peer)
         self._handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
