@@ -22,6 +22,12 @@ __all__ = ["ConnectionConfig", "Framing", "ListenerConfig", "ServerConfig", "TLS
 #: How a byte stream is split into messages: ``"raw"`` (one receive is one
 #: message) or ``"line"`` (a message ends with ``b"\n"``).
 Framing = Literal["raw", "line"]
+Framing.__doc__ = """How a byte stream is split into messages (a ``Literal`` type).
+
+``"raw"``: a message is what one receive returns.  ``"line"``: a message is a
+line ending in ``b"\\n"``, echoed with it.  Any other value is rejected by
+:class:`ConnectionConfig` with :exc:`ValueError`.
+"""
 
 FRAMINGS: tuple[Framing, ...] = ("raw", "line")
 
@@ -63,7 +69,16 @@ def _optional(validator: Any) -> Any:
 
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
-    """What each connection task needs to run the echo loop."""
+    """What each connection task needs to run the echo loop.
+
+    Frozen and keyword-only; derive variants with :func:`attrs.evolve`.
+    Construction does no I/O (so it has nothing to cancel).
+
+    Raises:
+      TypeError: a value of the wrong type (``bool`` is not an ``int``), or a
+        positional argument.
+      ValueError: a value out of range; the message names the field.
+    """
 
     rounds: int | None = attrs.field(default=None, validator=_optional(_int_in_range(1)))
     """Echo this many messages, then half-close and close; ``None`` echoes until the
@@ -91,7 +106,11 @@ class ConnectionConfig:
 
 @attrs.frozen(kw_only=True)
 class ListenerConfig:
-    """What the accept side of the server needs."""
+    """What the accept side of the server needs.
+
+    Frozen and keyword-only, validated like :class:`ConnectionConfig`
+    (:exc:`TypeError` or :exc:`ValueError` naming the field); no I/O.
+    """
 
     host: str | None = attrs.field(
         default="127.0.0.1", validator=_optional(attrs.validators.instance_of(str))
@@ -117,6 +136,9 @@ class ListenerConfig:
 class TLSConfig:
     """Serve over TLS: the server's certificate chain and, optionally, client checks.
 
+    Frozen and keyword-only; *certfile* is required.  Paths may be ``str`` or
+    :class:`os.PathLike`; anything else raises :exc:`TypeError`, and a
+    non-positive *handshake_timeout* :exc:`ValueError`, naming the field.
     The files are read when :func:`trio_echo.serve` starts, not here: a
     missing or unreadable file, or a key that does not match the
     certificate, raises :exc:`OSError` (:exc:`ssl.SSLError` is one) from
@@ -148,6 +170,10 @@ class TLSConfig:
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Everything :func:`trio_echo.serve` needs.
+
+    Frozen and keyword-only; every part has working defaults, so
+    ``ServerConfig()`` serves plain TCP on 127.0.0.1:9999.  A part of the
+    wrong class raises :exc:`TypeError` naming the field; no I/O.
 
     Example::
 

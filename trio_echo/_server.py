@@ -38,8 +38,11 @@ WARNING_INTERVAL: Final = 10.0
 class EchoServer:
     """A running echo server: what ``await nursery.start(serve, config)`` returns.
 
-    The handle is live: :meth:`statistics` reads the counters at the moment
-    it is called, and :meth:`shutdown` stops the server gracefully.
+    Do not construct it yourself; :func:`serve` does.  The handle is live:
+    :meth:`statistics` reads the counters at the moment it is called, and
+    :meth:`shutdown` stops the server gracefully.  It stays usable after the
+    server has stopped (``addresses``, ``port`` and ``statistics()`` keep
+    their last values; ``shutdown()`` returns at once).
     """
 
     def __init__(
@@ -76,15 +79,26 @@ class EchoServer:
         return self.addresses[0][1]
 
     def statistics(self) -> ServerStatistics:
-        """A frozen snapshot of the server's counters, open connections included."""
+        """A frozen snapshot of the server's counters, open connections included.
+
+        Synchronous and cheap (it walks the open connections); never raises.
+        """
         return self._tally.snapshot(self._active)
 
     def request_shutdown(self) -> None:
-        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it."""
+        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
+
+        Synchronous, idempotent, never raises; safe to call from any task
+        of the server's trio run (e.g. a signal handler task).
+        """
         self._stop_requested.set()
 
     async def wait_stopped(self) -> None:
-        """Wait until :func:`serve` has closed every listener and connection."""
+        """Wait until :func:`serve` has closed every listener and connection.
+
+        Cancellation:
+          Cancelling the wait does not affect the server.
+        """
         await self._stopped.wait()
 
     async def shutdown(self) -> None:
@@ -95,6 +109,10 @@ class EchoServer:
         then echoes any byte already read, half-closes and closes cleanly.
         Connections still open after ``grace`` seconds are cancelled.  Calling
         it again, or after the server has stopped, just waits.
+
+        Cancellation:
+          Cancelling the caller's wait does not undo the shutdown: once
+          called, the server stops regardless.  Never raises otherwise.
         """
         self._stop_requested.set()
         await self._stopped.wait()
