@@ -13,9 +13,11 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from trio_echo import EchoServer, TLSConfig, serve
+from trio_echo._tls import ServerTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import make_config, receive_exactly, receive_until_eof, wait_until
@@ -304,3 +306,120 @@ def test_cli_over_tls_with_openssl_s_client(certificates: Certificates) -> None:
         assert "Traceback" not in log
     finally:
         server.kill()
+
+
+async def test_broken_records_after_handshake_close_with_tls_error(
+    certificates: Certificates,
+    echo_server_factory: EchoServerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    server = await echo_server_factory(tls=certificates.tls())
+    client = await open_tls(server, certificates.client_context())
+    await client.send_all(b"fine")
+    assert await receive_exactly(client, 4) == b"fine"
+    # An application-data record whose ciphertext is garbage: bad MAC.
+    await client.transport_stream.send_all(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"tls-error": 1}
+    assert re.search(r"TLS error: \S+", caplog.text)
+    await trio.aclose_forcefully(client)
+
+
+async def test_tcp_eof_without_close_notify_is_a_reset(
+    certificates: Certificates, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls())
+    client = await open_tls(server, certificates.client_context())
+    await client.send_all(b"bye")
+    assert await receive_exactly(client, 3) == b"bye"
+    await client.transport_stream.send_eof()
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"reset": 1}
+    await trio.aclose_forcefully(client)
+
+
+async def test_handshake_timeout_frees_the_connection_slot(
+    certificates: Certificates, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(
+        tls=certificates.tls(handshake_timeout=0.3), max_connections=1
+    )
+    silent = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await wait_until(lambda: server.statistics().active == 1)
+    # Waits in the backlog until the silent client's handshake times out.
+    client = await open_tls(server, certificates.client_context())
+    await client.send_all(b"my turn")
+    assert await receive_exactly(client, 7) == b"my turn"
+    assert server.statistics().closed_by_reason == {"tls-error": 1}
+    await client.aclose()
+    await silent.aclose()
+
+
+# ---- ServerTransport: whole records up, lingering close down ----
+
+
+def record(body: bytes, kind: int = 23) -> bytes:
+    return bytes([kind, 3, 3]) + len(body).to_bytes(2, "big") + body
+
+
+async def test_transport_returns_whole_records_however_they_arrive() -> None:
+    server_side, client_side = trio.testing.memory_stream_pair()
+    transport = ServerTransport(server_side, drain_timeout=1)
+    first, second = record(b"a" * 300), record(b"b" * 10, kind=22)
+    await client_side.send_all(first[:2])
+    await client_side.send_all(first[2:100])
+    await client_side.send_all(first[100:] + second + record(b"c")[:3])
+    assert await transport.receive_some() == first
+    assert await transport.receive_some() == second
+    # A partial record at EOF is handed over as it is, then EOF.
+    await client_side.send_eof()
+    assert await transport.receive_some() == record(b"c")[:3]
+    assert await transport.receive_some() == b""
+
+
+async def test_transport_honours_max_bytes_and_passes_non_tls_through() -> None:
+    server_side, client_side = trio.testing.memory_stream_pair()
+    transport = ServerTransport(server_side, drain_timeout=1)
+    big = record(b"x" * 100)
+    await client_side.send_all(big)
+    assert await transport.receive_some(50) == big[:50]
+    assert await transport.receive_some(50) == big[50:100]
+    assert await transport.receive_some() == big[100:]
+    await client_side.send_all(b"GET / HTTP/1.1\r\n")
+    assert await transport.receive_some() == b"GET / HTTP/1.1\r\n"
+
+
+async def test_transport_close_half_closes_then_drains_until_eof() -> None:
+    server_side, client_side = trio.testing.memory_stream_pair()
+    transport = ServerTransport(server_side, drain_timeout=60)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transport.aclose)
+        assert await client_side.receive_some() == b""  # the half-close
+        await client_side.send_all(b"late bytes, discarded")
+        await client_side.send_eof()
+    with pytest.raises(trio.ClosedResourceError):
+        await server_side.receive_some()
+
+
+async def test_transport_close_is_bounded_by_drain_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server_side, _client_side = trio.testing.memory_stream_pair()
+    transport = ServerTransport(server_side, drain_timeout=2)
+    started = trio.current_time()
+    await transport.aclose()  # the client never sends its EOF
+    assert trio.current_time() - started == pytest.approx(2)
+
+
+def test_help_lists_the_tls_stats_and_log_options() -> None:
+    result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
+    for option in (
+        "--certfile",
+        "--keyfile",
+        "--tls-client-ca",
+        "--tls-handshake-timeout",
+        "--stats-interval",
+        "--log-format",
+    ):
+        assert option in result.stdout

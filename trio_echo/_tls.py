@@ -8,7 +8,9 @@ A TLS connection is a :class:`~trio_echo._connection.StreamConnection` on a
   anything but the idle timeout -- so the connection completes it first,
   within ``TLSConfig.handshake_timeout``.  A client that stays silent, speaks
   plain TCP, or offers no acceptable certificate is closed with reason
-  ``tls-error`` and one INFO line.
+  ``tls-error`` and one INFO line; so is one that breaks the TLS record
+  protocol later.  A TCP reset, or a TCP EOF without ``close_notify``, is
+  ``reset``, as over plain TCP.
 
 * The close.  TLS cannot half-close the way TCP can (``SSLStream`` has no
   ``send_eof``), so wherever the plain-TCP connection half-closes -- rounds
@@ -109,7 +111,7 @@ class ServerTransport(trio.abc.Stream):
     until its EOF or for at most *drain_timeout*, then closes.
     """
 
-    def __init__(self, stream: trio.SocketStream, drain_timeout: float) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream, drain_timeout: float) -> None:
         self.stream = stream
         self._drain_timeout = drain_timeout
         self._received = bytearray()
@@ -205,7 +207,13 @@ class TLSConnection(StreamConnection):
                 return SHUTDOWN
             LOGGER.info("%s: TLS handshake not completed in time", self.peer)
             return TLS_ERROR
-        reason = await super()._echo_then_close()
+        try:
+            reason = await super()._echo_then_close()
+        except trio.BrokenResourceError as exc:
+            if not _is_protocol_error(exc):
+                raise  # a TCP reset, or a TCP EOF without close_notify: reason "reset"
+            LOGGER.info("%s: TLS error: %s", self.peer, _describe(exc))
+            return TLS_ERROR
         if reason == EOF:
             # The client's close_notify: answer it, as for every other reason.
             await self._half_close_and_drain()
@@ -218,6 +226,15 @@ class TLSConnection(StreamConnection):
                 await self._tls.aclose()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 LOGGER.debug("%s: while closing: %s", self.peer, exc or type(exc).__name__)
+
+
+def _is_protocol_error(exc: BaseException) -> bool:
+    """Whether a BrokenResourceError from SSLStream is the peer breaking TLS
+    itself (bad record, bad MAC, ...) rather than the TCP connection ending."""
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLError) and not isinstance(
+        cause, ssl.SSLEOFError | ssl.SSLSyscallError
+    )
 
 
 def _describe(exc: BaseException) -> str:
