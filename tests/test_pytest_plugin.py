@@ -164,3 +164,25 @@ def test_ambiguous_name_is_a_type_error() -> None:
     # A later config class may reuse a field name: the override must refuse to guess.
     with pytest.raises(TypeError, match=r"ambiguous config field 'size'.*middle\.size"):
         replace_fields(Outer(), size=3)
+
+
+def test_without_pytest_trio_other_tests_run_and_fixtures_say_why(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Simulate an install without the [pytest] extra: pytest-trio's own
+    # plugin is off and importing it fails.
+    shadow = pytester.mkdir("shadow")
+    (shadow / "pytest_trio.py").write_text("raise ImportError('not installed')\n")
+    pytester.makepyfile(
+        test_user="""
+        def test_unrelated() -> None:
+            assert 1 + 1 == 2
+
+        def test_wants_a_server(echo_server) -> None:
+            raise AssertionError("never reached")
+        """
+    )
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    result = pytester.runpytest_subprocess("-p", "no:trio", "-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*trio-echo's fixtures need pytest-trio*"])

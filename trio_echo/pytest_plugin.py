@@ -21,10 +21,11 @@ ends.  A server that fails fails the test; it does not hang it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
-import pytest_trio
+import pytest
 import trio
 
 from ._config import ListenerConfig, ServerConfig, replace_fields
@@ -34,8 +35,29 @@ __all__ = ["EchoServerFactory", "echo_server", "echo_server_factory"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-# pytest-trio ships no type information; this is its decorator's real shape.
-_trio_fixture: Callable[[_F], _F] = pytest_trio.trio_fixture
+MISSING_PYTEST_TRIO = "trio-echo's fixtures need pytest-trio: pip install 'trio-echo[pytest]'"
+
+
+def _unavailable(func: _F) -> _F:
+    """Without pytest-trio, a fixture that fails the test that uses it, saying why."""
+
+    @functools.wraps(func)
+    def fail(*args: object, **kwargs: object) -> NoReturn:
+        pytest.fail(MISSING_PYTEST_TRIO, pytrace=False)
+
+    return cast(_F, pytest.fixture(fail))
+
+
+_trio_fixture: Callable[[_F], _F]
+try:
+    import pytest_trio
+except ImportError:
+    # Installed without the [pytest] extra: pytest loads this plugin anyway
+    # (entry point), and must keep working for suites that never use it.
+    _trio_fixture = _unavailable
+else:
+    # pytest-trio ships no type information; this is its decorator's real shape.
+    _trio_fixture = pytest_trio.trio_fixture
 
 
 class EchoServerFactory(Protocol):
