@@ -291,3 +291,30 @@ async def test_idle_connection_is_half_closed_then_closed(
     await client.aclose()
     await wait_until(lambda: server.statistics().closed == 1)
     assert server.statistics().closed_by_reason == {"idle": 1}
+
+
+async def test_drain_of_a_flooding_client_is_bounded_and_fair(
+    connect: Connect, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(rounds=1, drain_timeout=0.3)
+    bystander = await connect(server)
+    flooder = await connect(server)
+    await flooder.send_all(b"first")
+    assert await receive_exactly(flooder, 5) == b"first"
+
+    async def flood() -> None:
+        # The server closes with the flood unread once the drain times out,
+        # so the kernel resets the connection: the flood ends in a broken pipe.
+        with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                await flooder.send_all(b"z" * 65536)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flood)
+        # The server drains the flood; other connections are still served.
+        await bystander.send_all(b"ping")
+        assert await receive_exactly(bystander, 4) == b"ping"
+        assert await receive_until_eof(flooder) == b""
+        await wait_until(lambda: server.statistics().closed == 2)
+        nursery.cancel_scope.cancel()
+    assert server.statistics().closed_by_reason == {"rounds": 2}

@@ -16,7 +16,6 @@ streams in tests).
 from __future__ import annotations
 
 import logging
-import math
 import socket
 from typing import Final
 
@@ -70,13 +69,11 @@ class Connection:
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
         )
         self._idle = config.idle_timeout
-        # Armed from the start: _arm_idle only ever moves the deadline later.
-        self._scope = trio.CancelScope(
-            deadline=trio.current_time() + self._idle if self._idle is not None else math.inf
-        )
+        self._scope = trio.CancelScope()
         self._stopping = False
         self._receiving = False
         self._unyielded = 0
+        self._unsent: Data = b""
 
     # ---- transport hooks, implemented by subclasses ----
 
@@ -127,17 +124,22 @@ class Connection:
 
     async def _echo_then_close(self) -> str:
         protocol = self._protocol
+        if self._idle is not None:
+            self._scope.deadline = trio.current_time() + self._idle
         with self._scope:
-            self._arm_idle()
             await self._echo_loop(protocol)
-        reason = protocol.reason
-        if reason is None:
-            if not self._stopping:
-                # No progress for idle_timeout; the scope's deadline fired.
-                reason = IDLE
-            else:
+        if self._stopping:
+            await self._send(self._unsent)
+            reason = protocol.reason
+            if reason is None:
                 reason = SHUTDOWN
                 await self._send(protocol.finish())
+        elif self._scope.cancelled_caught:
+            # No progress for idle_timeout, possibly in the middle of an echo.
+            reason = IDLE
+        else:
+            reason = protocol.reason
+            assert reason is not None
         if reason != EOF:
             await self._half_close_and_drain()
         return reason
@@ -159,17 +161,33 @@ class Connection:
 
     async def _echo_loop(self, protocol: EchoProtocol) -> None:
         receive = self._receive
+        send_all = self._send_all
+        receive_data = protocol.receive_data
         while not self._stopping:
             data = await receive()
             if data:
                 self.bytes_in += len(data)
-                out = protocol.receive_data(data)
+                out = receive_data(data)
             else:
                 out = protocol.receive_eof()
+            if self._stopping:
+                # stop() may have cancelled this scope just as the data arrived;
+                # the echo is sent after the scope, still bounded by the grace.
+                self._unsent = bytes(out)
+                return
             if out:
-                await self._send(out)
+                await send_all(out)
+                self.bytes_out += len(out)
+                self.rounds = protocol.rounds
             if protocol.reason is not None:
                 return
+            self._unyielded += 1
+            if self._unyielded >= MAX_UNYIELDED:
+                # Busy without ever blocking: count it as progress, and let the
+                # other connections run.
+                self._unyielded = 0
+                self._arm_idle()
+                await trio.lowlevel.checkpoint()
 
     async def _send(self, out: Data) -> None:
         if out:
@@ -185,13 +203,6 @@ class Connection:
             deadline = trio.current_time() + idle
             if deadline > self._scope.deadline:
                 self._scope.deadline = deadline + idle * IDLE_SLACK
-
-    async def _maybe_yield(self) -> None:
-        """Count an operation that did not block; yield now and then for fairness."""
-        self._unyielded += 1
-        if self._unyielded >= MAX_UNYIELDED:
-            self._unyielded = 0
-            await trio.lowlevel.checkpoint()
 
 
 class SocketConnection(Connection):
@@ -226,7 +237,6 @@ class SocketConnection(Connection):
                     self._receiving = False
                 self._unyielded = 0
             else:
-                await self._maybe_yield()
                 return buffer[:n]
 
     async def _send_all(self, data: Data) -> None:
@@ -236,7 +246,6 @@ class SocketConnection(Connection):
         except BlockingIOError:
             sent = 0
         if sent == len(data):
-            await self._maybe_yield()
             return
         # Copy out of the shared buffer before blocking (see the class docstring).
         rest = memoryview(bytes(memoryview(data)[sent:]))
@@ -258,6 +267,7 @@ class SocketConnection(Connection):
     async def _discard_until_eof(self) -> None:
         sock = self._sock
         buffer = self._buffer
+        reads = 0
         while True:
             try:
                 if not sock.recv_into(buffer):
@@ -265,7 +275,11 @@ class SocketConnection(Connection):
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
             else:
-                await self._maybe_yield()
+                reads += 1
+                if reads % MAX_UNYIELDED == 0:
+                    # A client sending without pause must not keep the drain's
+                    # deadline from being checked, nor starve other connections.
+                    await trio.lowlevel.checkpoint()
 
     async def _close(self) -> None:
         trio.lowlevel.notify_closing(self._sock)

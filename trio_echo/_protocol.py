@@ -125,20 +125,29 @@ class EchoProtocol:
         # One C-level scan for the last newline and one count, rather than a
         # Python-level loop per line: a chunk of many short lines stays cheap.
         end = chunk.rfind(b"\n", start) + 1
+        too_long = False
+        if end > self._max_message:
+            # Only a chunk longer than max_message can hold a line that is.
+            fitting = _end_of_fitting_lines(chunk, start, end, self._max_message)
+            too_long = fitting < end
+            end = fitting
+        out: Data = _EMPTY
         if end:
             lines = chunk.count(b"\n", start, end)
             remaining = self._remaining
-            if remaining is not None and lines >= remaining:
-                end = _end_of_line(chunk, remaining)
-                lines = remaining
-                self.reason = ROUNDS
             if remaining is not None:
+                if lines >= remaining:
+                    end = _end_of_line(chunk, remaining)
+                    lines = remaining
+                    self.reason = ROUNDS
                 self._remaining = remaining - lines
             self.rounds += lines
             out = bytes(chunk[:end])
+        if self.reason is not None:
+            self._pending = bytearray()
+        elif too_long:
+            self._fail_line_too_long()
         else:
-            out = _EMPTY
-        if self.reason is None:
             self._keep_partial(chunk, end)
         return out
 
@@ -149,8 +158,11 @@ class EchoProtocol:
             self._pending = bytearray(chunk[end:])
         # A line that cannot fit in max_message can never be echoed whole.
         if len(self._pending) >= self._max_message:
-            self.reason = LINE_TOO_LONG
-            self._pending = bytearray()
+            self._fail_line_too_long()
+
+    def _fail_line_too_long(self) -> None:
+        self.reason = LINE_TOO_LONG
+        self._pending = bytearray()
 
     def _close(self, reason: str) -> Data:
         self._check_open()
@@ -163,6 +175,25 @@ class EchoProtocol:
         if self._remaining is not None:
             self._remaining -= 1
         return out
+
+
+def _end_of_fitting_lines(chunk: bytes | bytearray, start: int, end: int, limit: int) -> int:
+    """The offset just past the last complete line of ``chunk[:end]`` that comes
+    before any line longer than *limit* (*end* if every line fits).
+
+    The first newline is searched from *start*, since the bytes before it are a
+    partial line known to hold none.
+    """
+    line_start = 0
+    newline = chunk.find(b"\n", start, end)
+    while newline != -1:
+        if newline + 1 - line_start > limit:
+            return line_start
+        line_start = newline + 1
+        if end - line_start <= limit:
+            return end
+        newline = chunk.find(b"\n", line_start, end)
+    return end  # pragma: no cover - chunk[end - 1] is a newline
 
 
 def _end_of_line(chunk: bytes | bytearray, n: int) -> int:
