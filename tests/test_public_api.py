@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import trio_echo
 from trio_echo import ConnectionConfig, EchoServer
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from . import typing_example
+
+README = Path(__file__).parent.parent / "README.md"
 
 PUBLIC = {
     "ConnectionConfig",
@@ -62,3 +68,17 @@ async def test_typing_example_against_the_fixtures(
     await typing_example.check_client(echo_server)
     assert await typing_example.check_factory(echo_server_factory) == 0
     assert typing_example.framing_of(ConnectionConfig(framing="line")) == "line"
+
+
+def test_readme_embedding_example_runs_as_shown() -> None:
+    text = README.read_text()
+    section = text.split("## Embedding it in a trio program", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    result = subprocess.run(
+        [sys.executable, "-c", match.group(1)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "b'hello\\n'"
+    assert lines[1].startswith("ServerStatistics(active=")
