@@ -423,3 +423,20 @@ def test_help_lists_the_tls_stats_and_log_options() -> None:
         "--log-format",
     ):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--certfile", "c.pem", "--tls-handshake-timeout", "0"], "--tls-handshake-timeout"),
+        (["--certfile", "c.pem", "--tls-handshake-timeout", "nan"], "--tls-handshake-timeout"),
+        (["--stats-interval", "0"], "--stats-interval"),
+        (["--stats-interval", "inf"], "--stats-interval"),
+        (["--log-format", "xml"], "--log-format"),
+    ],
+)
+def test_bad_new_arguments_are_usage_errors(args: list[str], option: str) -> None:
+    result = subprocess.run([TRIO_ECHO, *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"trio-echo: error: argument {option}")
+    assert "Traceback" not in result.stderr
