@@ -17,9 +17,9 @@ A TLS connection is a :class:`~trio_echo._connection.StreamConnection` on a
   exhausted, idle, shutdown -- and also after the client's own EOF, the TLS
   connection sends ``close_notify`` (the client reads a clean TLS EOF after
   the last echo), then half-closes TCP and discards the client's bytes until
-  its TCP EOF, for at most ``drain_timeout``, then closes.  As over TCP, the
-  server never closes with unread input, so the kernel sends no reset that
-  could destroy echoes the client has not read yet.
+  its TCP EOF, for at most ``drain_timeout``, then closes.  As over TCP, a
+  client that reads its echoes and closes within ``drain_timeout`` gets no
+  reset that could destroy echoes it has not read yet.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ._config import ConnectionConfig, TLSConfig
 from ._connection import StreamConnection
 from ._protocol import EOF, SHUTDOWN
 
-__all__ = ["TLS_ERROR", "TLSConnection", "server_context"]
+__all__ = ["TLS_ERROR", "ServerTransport", "TLSConnection", "server_context"]
 
 LOGGER = logging.getLogger("trio_echo")
 
