@@ -32,7 +32,8 @@ class EchoProtocol:
     or :meth:`finish` to stop early (graceful shutdown).  Once :attr:`reason`
     is set the connection is done: send what the last call returned, then
     half-close.  Feeding a finished protocol is a caller bug and raises
-    :exc:`RuntimeError`.
+    :exc:`RuntimeError`.  It does no I/O and never blocks, so there is nothing
+    to cancel: drive it from any event loop, or none.
 
     Framing:
       ``raw``: each chunk is one message. ``line``: each line ending in
@@ -89,12 +90,20 @@ class EchoProtocol:
         return data
 
     def receive_eof(self) -> Data:
-        """The peer half-closed: return the last bytes to echo (a trailing partial line)."""
+        """The peer half-closed: return the last bytes to echo (a trailing partial line).
+
+        Raises:
+          RuntimeError: if the protocol is already done.
+        """
         return self._close(EOF)
 
     def finish(self) -> Data:
         """Stop early (server shutdown): return the buffered partial line, if any,
-        so that every byte already read is echoed."""
+        so that every byte already read is echoed.
+
+        Raises:
+          RuntimeError: if the protocol is already done.
+        """
         return self._close(SHUTDOWN)
 
     def _check_open(self) -> None:
