@@ -593,7 +593,11 @@ def combine(opts: argparse.Namespace) -> tuple[Any, list[str], list[Any]]:
     opts.servers = [s for s in opts.servers if s in servers] if opts.servers_given else servers
     opts.idle_conns = docs[0]["settings"]["idle_conns"]
     opts.repeat = len(runs)
-    opts.scenarios = docs[0]["settings"]["scenarios"]
+    settings = docs[0]["settings"]
+    opts.scenarios = settings["scenarios"]
+    opts.warmup, opts.duration = settings["warmup_s"], settings["duration_s"]
+    opts.attempts, opts.max_wait = settings.get("attempts"), settings.get("max_wait")
+    opts.server_warmup = settings.get("server_warmup_s")
     notes = [n for n in docs[0]["notes"] if n.startswith(("load generator:", "server on", "one"))]
     notes.append(f"medians over {len(runs)} runs from {', '.join(map(str, opts.combine))}")
     return docs[0]["machine"], notes, runs
@@ -608,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("run.py: interrupted", file=sys.stderr)
+        return 130
     summary = medians(runs)
     saturated = sorted(
         {
@@ -630,9 +637,18 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     if idle:
+        loaded = {
+            f"{srv} {sc}"
+            for run in runs
+            for srv, scs in run.items()
+            for sc, figs in scs.items()
+            if "server_saturated" in figs
+        }
+        which = "in every scenario" if set(idle) == loaded else ""
         notes.append(
-            f"server below {SATURATED:.0%} busy (the load generator or other work on the machine"
-            " was the limit; CPU per round trip then includes idle wake-ups): " + ", ".join(idle)
+            f"server below {SATURATED:.0%} busy {which or 'in: ' + ', '.join(idle)} (other work"
+            " on the machine or the load generator was the limit; CPU per round trip then"
+            " includes idle wake-ups)"
         )
     waits = [
         figs["server_wait"]

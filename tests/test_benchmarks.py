@@ -6,13 +6,20 @@ runs with every echoed byte checked, and the results are complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+RUN = BENCHMARKS / "run.py"
 SCENARIOS = ("pingpong-1k", "pingpong-64", "line-64", "stream")
 
 
@@ -72,3 +79,44 @@ def test_unknown_server_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown server 'nginx'" in done.stderr
+
+
+def corrupting_server(listener: socket.socket) -> None:
+    """Echo one connection, but change one byte of the first echo."""
+    conn, _ = listener.accept()
+    with conn, contextlib.suppress(ConnectionError):  # the load generator gives up
+        first = True
+        while data := conn.recv(65536):
+            if first:
+                data = bytes([data[0] ^ 1]) + data[1:]
+                first = False
+            conn.sendall(data)
+
+
+def loadgens(tmp_path: Path) -> list[list[str]]:
+    commands = [[sys.executable, str(BENCHMARKS / "pyloadgen.py")]]
+    gcc = shutil.which("gcc")
+    if gcc is not None:
+        binary = tmp_path / "loadgen"
+        subprocess.run([gcc, "-O2", "-o", str(binary), str(BENCHMARKS / "loadgen.c")], check=True)
+        commands.append([str(binary)])
+    return commands
+
+
+@pytest.mark.parametrize("mode", ["pingpong", "stream"])
+def test_load_generators_catch_a_wrong_byte(tmp_path: Path, mode: str) -> None:
+    for command in loadgens(tmp_path):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            server = threading.Thread(target=corrupting_server, args=(listener,), daemon=True)
+            server.start()
+            port = listener.getsockname()[1]
+            args = ["--mode", mode, "--port", str(port), "--conns", "1"]
+            done = subprocess.run(
+                [*command, *args, "--warmup", "0.1", "--duration", "0.3"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            server.join(10)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert json.loads(done.stdout)["error"].startswith("echo mismatch")
