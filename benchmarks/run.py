@@ -278,6 +278,8 @@ def derive(result: dict[str, Any]) -> dict[str, Any]:
         out["p99_us"] = result["p99_us"]
     else:
         out["mb_per_s"] = result["bytes"] / window / 1e6
+        # Robust to a contended machine: what one second of the server's CPU moves.
+        out["mb_per_cpu_s"] = result["bytes"] / max(result["server_cpu_s"], 1e-3) / 1e6
     out["loadgen_saturated"] = out["loadgen_busy"] >= SATURATED
     out["server_saturated"] = out["server_busy"] >= SATURATED
     return out
@@ -370,12 +372,14 @@ COLUMNS = (
     ("CPU µs/rt 64 B", "pingpong-64", "cpu_us_per_rt", "{:.1f}"),
     ("CPU µs/rt line 64 B", "line-64", "cpu_us_per_rt", "{:.1f}"),
     ("stream MB/s", "stream", "mb_per_s", "{:,.0f}"),
+    ("stream MB per server CPU-s", "stream", "mb_per_cpu_s", "{:,.0f}"),
 )
 RATIOS = (
     ("CPU/rt 1 KiB", "pingpong-1k", "cpu_us_per_rt"),
     ("CPU/rt 64 B", "pingpong-64", "cpu_us_per_rt"),
     ("CPU/rt line 64 B", "line-64", "cpu_us_per_rt"),
     ("stream MB/s", "stream", "mb_per_s"),
+    ("stream MB/CPU-s", "stream", "mb_per_cpu_s"),
     ("p99", "pingpong-1k", "p99_us"),
 )
 
@@ -409,7 +413,7 @@ def columns(idle_conns: list[int]) -> list[tuple[str, str, str, str]]:
 
 def ratio_columns(idle_conns: list[int]) -> list[tuple[str, str, str]]:
     idle = [(f"KiB/conn {n:,}", f"idle-{n}", "kib_per_conn") for n in idle_conns]
-    return [*RATIOS[:4], *idle, RATIOS[4]]
+    return [*RATIOS[:5], *idle, RATIOS[5]]
 
 
 def markdown(summary: dict[str, Any], servers: list[str], idle_conns: list[int]) -> str:
@@ -423,7 +427,7 @@ def markdown(summary: dict[str, Any], servers: list[str], idle_conns: list[int])
             cells.append("—" if value is None else form.format(value))
         lines.append(f"| {srv} | " + " | ".join(cells) + " |")
     rcols = ratio_columns(idle_conns)
-    lines += ["", f"Ratios against {BASELINE} (lower is better except stream MB/s):", ""]
+    lines += ["", f"Ratios against {BASELINE} (lower is better except stream):", ""]
     lines.append("| server | " + " | ".join(c[0] for c in rcols) + " |")
     lines.append("|---" * (len(rcols) + 1) + "|")
     for srv in servers:
@@ -589,6 +593,11 @@ def combine(opts: argparse.Namespace) -> tuple[Any, list[str], list[Any]]:
     """The runs of earlier result files, to take medians over all of them."""
     docs = [json.loads(Path(path).read_text()) for path in opts.combine]
     runs = [run for doc in docs for run in doc["runs"]]
+    for run in runs:  # figures added since the file was written
+        for scenarios in run.values():
+            for figs in scenarios.values():
+                if "mode" in figs and "measure_s" in figs:
+                    figs.update(derive(figs))
     servers = [s for s in ALL_SERVERS if any(s in run for run in runs)]
     opts.servers = [s for s in opts.servers if s in servers] if opts.servers_given else servers
     opts.idle_conns = docs[0]["settings"]["idle_conns"]
