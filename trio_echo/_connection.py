@@ -64,6 +64,9 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason: str | None = None
+        #: Bytes the server read from the peer before the echo loop (those after a
+        #: PROXY header); they are the connection's first input.
+        self.initial: bytes = b""
         self._config = config
         self._protocol = EchoProtocol(
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
@@ -125,7 +128,10 @@ class Connection:
         protocol = self._protocol
         with self._scope:
             self._arm_idle()
-            await self._echo_loop(protocol)
+            if self.initial:
+                await self._echo_initial(protocol)
+            if protocol.reason is None:
+                await self._echo_loop(protocol)
         reason = protocol.reason
         if reason is None:
             if not self._stopping:
@@ -164,6 +170,17 @@ class Connection:
                 out = protocol.receive_eof()
             if out:
                 await self._send(out)
+            if protocol.reason is not None:
+                return
+
+    async def _echo_initial(self, protocol: EchoProtocol) -> None:
+        """Echo :attr:`initial` as if received, in reads of at most max_message."""
+        step = self._config.max_message
+        view = memoryview(self.initial)
+        for start in range(0, len(view), step):
+            chunk = view[start : start + step]
+            self.bytes_in += len(chunk)
+            await self._send(protocol.receive_data(chunk))
             if protocol.reason is not None:
                 return
 

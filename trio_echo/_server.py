@@ -6,12 +6,14 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import Final
 
 import trio
 
 from ._config import ConnectionConfig, ServerConfig
-from ._connection import Connection, SocketConnection, StreamConnection, format_peer
+from ._connection import RESET, Connection, SocketConnection, StreamConnection, format_peer
+from ._proxy import MAX_HEADER, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from ._stats import ServerStatistics, Tally
 
 __all__ = ["EchoServer", "serve"]
@@ -26,6 +28,9 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 
 # How long to wait after one of those before calling accept() again.
 ACCEPT_RETRY_DELAY: Final = 0.100
+
+#: Close reason of a connection without a valid PROXY header (``proxy_protocol``).
+PROXY_ERROR: Final = "proxy-error"
 
 # At most one "connection limit reached" or accept-error warning per this many
 # seconds, so a flood cannot flood the log too.
@@ -157,7 +162,22 @@ class EchoServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         started = trio.current_time()
-        conn = self._connection_for(stream)
+        try:
+            peer = _peer_of(stream)
+            initial = b""
+            if self.config.listener.proxy_protocol:
+                try:
+                    peer, initial = await self._read_proxy_header(stream, peer)
+                except (ProxyProtocolError, trio.BrokenResourceError, OSError) as exc:
+                    await self._refuse(stream, peer, exc, started)
+                    return
+            conn = self._connection_for(stream, peer)
+            conn.initial = initial
+            await self._serve_connection(conn, started)
+        finally:
+            self._slots.release()
+
+    async def _serve_connection(self, conn: Connection, started: float) -> None:
         self._active.add(conn)
         if self._stopping:
             conn.stop()
@@ -168,23 +188,53 @@ class EchoServer:
             reason = conn.reason or reason
             self._active.discard(conn)
             self._tally.record_close(conn, reason)
-            self._slots.release()
-            LOGGER.info(
-                "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
-                conn.peer,
-                conn.rounds,
-                conn.bytes_in,
-                conn.bytes_out,
-                trio.current_time() - started,
-                reason,
-            )
+            _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, started, reason)
 
-    def _connection_for(self, stream: trio.SocketStream) -> Connection:
+    async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> tuple[str, bytes]:
+        """Read the PROXY header; return the peer it names and the bytes after it.
+
+        Reads at most :data:`~trio_echo._proxy.MAX_HEADER` bytes for at most
+        ``proxy_timeout`` seconds.  The peer stays *peer* when the header names no
+        TCP client (a balancer's health check).
+
+        Raises:
+          ProxyProtocolError: the header is malformed, too long, late or cut short.
+          trio.BrokenResourceError, OSError: the connection broke meanwhile.
+        """
+        timeout = self.config.listener.proxy_timeout
+        received = bytearray()
+        header: ProxyHeader | None = None
+        with trio.move_on_after(timeout):
+            while (header := parse_proxy_header(received)) is None:
+                chunk = await stream.receive_some(MAX_HEADER - len(received))
+                if not chunk:
+                    raise ProxyProtocolError("EOF before a complete PROXY header")
+                received += chunk
+        if header is None:
+            raise ProxyProtocolError(f"no complete PROXY header within {timeout} s")
+        if header.source is not None:
+            LOGGER.debug(
+                "%s: PROXY v%d header from %s", format_peer(header.source), header.version, peer
+            )
+            peer = format_peer(header.source)
+        return peer, bytes(received[header.length :])
+
+    async def _refuse(
+        self, stream: trio.SocketStream, peer: str, exc: Exception, started: float
+    ) -> None:
+        """Close a connection that failed before its echo loop, counting its reason."""
+        await trio.aclose_forcefully(stream)
+        if isinstance(exc, ProxyProtocolError):
+            reason = PROXY_ERROR
+            LOGGER.info("%s: bad PROXY header: %s", peer, exc)
+        else:
+            reason = RESET
+            LOGGER.debug("%s: %s", peer, exc or type(exc).__name__)
+        self._tally.record_refused(reason)
+        _log_close(peer, 0, 0, 0, started, reason)
+
+    def _connection_for(self, stream: trio.SocketStream, peer: str) -> Connection:
         config: ConnectionConfig = self.config.connection
-        try:
-            peer = format_peer(stream.socket.getpeername())
-        except OSError:
-            peer = "unknown peer"
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
@@ -199,9 +249,31 @@ class EchoServer:
             LOGGER.warning(message, *args)
 
 
+def _peer_of(stream: trio.SocketStream) -> str:
+    try:
+        return format_peer(stream.socket.getpeername())
+    except OSError:
+        return "unknown peer"
+
+
+def _log_close(
+    peer: str, rounds: int, bytes_in: int, bytes_out: int, started: float, reason: str
+) -> None:
+    LOGGER.info(
+        "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
+        peer,
+        rounds,
+        bytes_in,
+        bytes_out,
+        trio.current_time() - started,
+        reason,
+    )
+
+
 async def serve(
     config: ServerConfig,
     *,
+    listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[EchoServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an echo server until it is shut down or cancelled.
@@ -210,6 +282,12 @@ async def serve(
     ``host=None`` binds every address, possibly on different ports for IPv4
     and IPv6 -- see :attr:`EchoServer.addresses`), logs ``listening on
     HOST:PORT`` for each, and runs one task per connection.
+
+    With *listeners*, serves on those instead of binding, and ignores
+    ``host``, ``port`` and ``backlog``: this is how a socket bound with
+    ``SO_REUSEPORT`` or inherited from systemd is served.  Wrap a listening
+    stdlib socket as ``trio.SocketListener(trio.socket.from_stdlib_socket(sock))``.
+    :func:`serve` owns them from then on and closes them when it stops.
 
     Usage::
 
@@ -226,13 +304,17 @@ async def serve(
       connection at once (close reason ``cancelled``); no task outlives it.
 
     Error handling:
-      Binding errors (address in use, permission denied, unknown host) raise
-      :exc:`OSError` before the server starts.  A connection's errors end only
-      that connection, with a close reason.  ``accept()`` running out of file
-      descriptors or memory is logged and retried after 100 ms.
+      An empty *listeners* raises :exc:`ValueError`.  Binding errors (address
+      in use, permission denied, unknown host) raise :exc:`OSError` before the
+      server starts.  A connection's errors end only that connection, with a
+      close reason.  ``accept()`` running out of file descriptors or memory is
+      logged and retried after 100 ms.
     """
-    listener_config = config.listener
-    listeners = await trio.open_tcp_listeners(
-        listener_config.port, host=listener_config.host, backlog=listener_config.backlog
-    )
-    await EchoServer(config, listeners)._run(task_status)
+    if listeners is None:
+        listener_config = config.listener
+        listeners = await trio.open_tcp_listeners(
+            listener_config.port, host=listener_config.host, backlog=listener_config.backlog
+        )
+    elif not listeners:
+        raise ValueError("listeners must hold at least one trio.SocketListener")
+    await EchoServer(config, list(listeners))._run(task_status)
