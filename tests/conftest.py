@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import attrs
@@ -12,6 +12,8 @@ import pytest
 import trio
 
 from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, serve
+
+from .processes import LoggingProcess
 
 StartServer = Callable[..., Awaitable[EchoServer]]
 
@@ -91,3 +93,22 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
         # asynchronously, and the server exposes no event per counter.
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.005)
+
+
+Spawn = Callable[..., LoggingProcess]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start LoggingProcesses (same arguments); those still running when the test
+    ends are killed by PID."""
+    started: list[LoggingProcess] = []
+
+    def start(*args: Any, **kwargs: Any) -> LoggingProcess:
+        process = LoggingProcess(*args, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
