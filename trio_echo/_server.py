@@ -214,7 +214,10 @@ class EchoServer:
             raise ProxyProtocolError(f"no complete PROXY header within {timeout} s")
         if header.source is not None:
             LOGGER.debug(
-                "%s: PROXY v%d header from %s", format_peer(header.source), header.version, peer
+                "%s: PROXY v%d header names the client %s",
+                peer,
+                header.version,
+                format_peer(header.source),
             )
             peer = format_peer(header.source)
         return peer, bytes(received[header.length :])
