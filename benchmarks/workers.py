@@ -70,14 +70,16 @@ def start_server(workers: int) -> tuple[subprocess.Popen[str], int]:
     assert proc.stderr is not None
     listening = 0
     port = 0
+    lines = []
     deadline = time.monotonic() + 20
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stderr, selectors.EVENT_READ)
         while listening < workers:
             if time.monotonic() > deadline or not selector.select(deadline - time.monotonic()):
                 proc.kill()
-                raise RuntimeError("trio-echo did not start")
+                raise RuntimeError(f"trio-echo did not start: {''.join(lines)}")
             line = proc.stderr.readline()
+            lines.append(line)
             if match := re.search(r"listening on \S+:(\d+)", line):
                 listening += 1
                 port = int(match.group(1))

@@ -373,3 +373,14 @@ async def test_health_check_header_keeps_socket_peer(
     assert await receive_until_eof(client) == b"ping"
     await wait_until(lambda: server.statistics().closed == 1)
     assert f"closed 127.0.0.1:{port}:" in caplog.text
+
+
+async def test_shutdown_during_header_closes_with_shutdown(
+    connect: Connect, start_server: StartServer
+) -> None:
+    server = await start_server(proxy_protocol=True, proxy_timeout=60, grace=0)
+    client = await connect(server)
+    await client.send_all(b"PROXY TCP4 ")
+    await wait_until(lambda: server.statistics().accepted == 1)
+    await server.shutdown()
+    assert server.statistics().closed_by_reason == {"shutdown": 1}

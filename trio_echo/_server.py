@@ -12,7 +12,15 @@ from typing import Final
 import trio
 
 from ._config import ConnectionConfig, ServerConfig
-from ._connection import RESET, Connection, SocketConnection, StreamConnection, format_peer
+from ._connection import (
+    CANCELLED,
+    RESET,
+    Connection,
+    SocketConnection,
+    StreamConnection,
+    format_peer,
+)
+from ._protocol import SHUTDOWN
 from ._proxy import MAX_HEADER, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from ._stats import ServerStatistics, Tally
 
@@ -163,19 +171,36 @@ class EchoServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         started = trio.current_time()
         try:
-            peer = _peer_of(stream)
-            initial = b""
+            peer, initial = _peer_of(stream), b""
             if self.config.listener.proxy_protocol:
-                try:
-                    peer, initial = await self._read_proxy_header(stream, peer)
-                except (ProxyProtocolError, trio.BrokenResourceError, OSError) as exc:
-                    await self._refuse(stream, peer, exc, started)
+                proxied = await self._proxied_peer(stream, peer, started)
+                if proxied is None:
                     return
+                peer, initial = proxied
             conn = self._connection_for(stream, peer)
             conn.initial = initial
             await self._serve_connection(conn, started)
         finally:
             self._slots.release()
+
+    async def _proxied_peer(
+        self, stream: trio.SocketStream, peer: str, started: float
+    ) -> tuple[str, bytes] | None:
+        """The PROXY step: the real peer and the bytes after the header, or ``None``
+        after closing a connection without a valid header."""
+        try:
+            return await self._read_proxy_header(stream, peer)
+        except ProxyProtocolError as exc:
+            LOGGER.info("%s: bad PROXY header: %s", peer, exc)
+            await self._refuse(stream, peer, PROXY_ERROR, started)
+        except (trio.BrokenResourceError, OSError) as exc:
+            LOGGER.debug("%s: %s", peer, exc or type(exc).__name__)
+            await self._refuse(stream, peer, RESET, started)
+        except trio.Cancelled:
+            # Shutdown's grace ran out (or serve() was cancelled) mid-header.
+            await self._refuse(stream, peer, SHUTDOWN if self._stopping else CANCELLED, started)
+            raise
+        return None
 
     async def _serve_connection(self, conn: Connection, started: float) -> None:
         self._active.add(conn)
@@ -223,16 +248,10 @@ class EchoServer:
         return peer, bytes(received[header.length :])
 
     async def _refuse(
-        self, stream: trio.SocketStream, peer: str, exc: Exception, started: float
+        self, stream: trio.SocketStream, peer: str, reason: str, started: float
     ) -> None:
-        """Close a connection that failed before its echo loop, counting its reason."""
+        """Close a connection that ended before its echo loop, counting its reason."""
         await trio.aclose_forcefully(stream)
-        if isinstance(exc, ProxyProtocolError):
-            reason = PROXY_ERROR
-            LOGGER.info("%s: bad PROXY header: %s", peer, exc)
-        else:
-            reason = RESET
-            LOGGER.debug("%s: %s", peer, exc or type(exc).__name__)
         self._tally.record_refused(reason)
         _log_close(peer, 0, 0, 0, started, reason)
 
