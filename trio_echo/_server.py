@@ -251,9 +251,12 @@ class EchoServer:
         self, stream: trio.SocketStream, peer: str, reason: str, started: float
     ) -> None:
         """Close a connection that ended before its echo loop, counting its reason."""
-        await trio.aclose_forcefully(stream)
-        self._tally.record_refused(reason)
-        _log_close(peer, 0, 0, 0, started, reason)
+        try:
+            await trio.aclose_forcefully(stream)
+        finally:
+            # Counted even when the close raises Cancelled (it has closed anyway).
+            self._tally.record_refused(reason)
+            _log_close(peer, 0, 0, 0, started, reason)
 
     def _connection_for(self, stream: trio.SocketStream, peer: str) -> Connection:
         config: ConnectionConfig = self.config.connection
