@@ -70,7 +70,7 @@ def start_server(workers: int) -> tuple[subprocess.Popen[str], int]:
     assert proc.stderr is not None
     listening = 0
     port = 0
-    lines = []
+    lines: list[str] = []
     deadline = time.monotonic() + 20
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stderr, selectors.EVENT_READ)
@@ -103,10 +103,10 @@ def trial(workers: int, args: argparse.Namespace, pool: multiprocessing.pool.Poo
             pool.apply_async(client, (port, args.connections, args.size, args.duration, start_at))
             for _ in range(args.clients)
         ]
-        rounds = sum(job.get(timeout=args.duration + 60) for job in jobs)
+        rounds: int = sum(job.get(timeout=args.duration + 60) for job in jobs)
     finally:
         stop_server(proc)
-    return rounds / args.duration
+    return float(rounds / args.duration)
 
 
 def main() -> None:

@@ -111,12 +111,12 @@ def test_haproxy_send_proxy_v1_and_v2(
         [HAPROXY, "-c", "-q", "-f", str(config_path)], capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0, check.stderr
-    with open(tmp_path / "haproxy.log", "wb") as log:
+    with open(tmp_path / "haproxy.log", "wb") as haproxy_log:
         haproxy = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(config_path)],
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=haproxy_log,
+            stderr=haproxy_log,
         )
         started.append(haproxy)
     for port in front.values():

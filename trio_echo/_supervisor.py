@@ -73,11 +73,11 @@ class Supervisor:
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
         self._clean = True
+        self._stop = trio.Event()
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
 
     async def run(self) -> int:
         """Supervise until the workers have stopped after a signal; return the exit status."""
-        self._stop = trio.Event()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, signals, nursery)
@@ -124,8 +124,9 @@ class Supervisor:
         pidfd = os.pidfd_open(process.pid)
         try:
             with trio.CancelScope(shield=True):
-                # Shielded: the worker outlives no one's cancellation; _watch_signals
-                # ends it by signal and this waits for its exit.
+                # Shielded: a worker is never left unwaited (a zombie, or an orphan
+                # still serving); the signals from _watch_signals and _kill_after
+                # end it, and this reaps it.
                 await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
@@ -168,9 +169,12 @@ class Supervisor:
 
 
 def _how(status: int) -> str:
-    if status < 0:
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
         return f"was killed by {signal.Signals(-status).name}"
-    return f"exited with status {status}"
+    except ValueError:  # pragma: no cover -- a real-time signal has no name
+        return f"was killed by signal {-status}"
 
 
 def die_with_parent(parent_pid: int) -> bool:
