@@ -35,41 +35,58 @@ class LoggingProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            text=True,
             pass_fds=tuple(pass_fds),
             env=None if env is None else dict(env),
         )
         self.pid = self.proc.pid
         self.unread: list[str] = []
         self.seen: list[str] = []
+        self._partial = b""
+        self._eof = False
 
     def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         """Read stderr until a line matches *pattern*; fail after *timeout* seconds."""
         compiled = re.compile(pattern)
-        assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout
+        while True:
+            for line in self.unread:
+                if match := compiled.search(line):
+                    self.unread.remove(line)
+                    return match
+            if self._eof:
+                pytest.fail(f"stderr ended before {pattern!r}: {self.seen}")
+            if not self._read_some(deadline - time.monotonic()):
+                pytest.fail(f"no line matching {pattern!r} in {timeout} s: {self.seen}")
+
+    def _read_some(self, timeout: float) -> bool:
+        """Read what stderr has (waiting at most *timeout* s); ``False`` if nothing came.
+
+        Reads the pipe itself, unbuffered: with a buffered reader, select() would
+        not see lines already pulled into the buffer (several processes write here).
+        """
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
         with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stderr, selectors.EVENT_READ)
-            while True:
-                for line in self.unread:
-                    if match := compiled.search(line):
-                        self.unread.remove(line)
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    pytest.fail(f"no line matching {pattern!r} in {timeout} s: {self.seen}")
-                line = self.proc.stderr.readline()
-                if not line:
-                    pytest.fail(f"stderr ended before {pattern!r}: {self.seen}")
-                self.unread.append(line)
-                self.seen.append(line)
+            selector.register(fd, selectors.EVENT_READ)
+            if timeout <= 0 or not selector.select(timeout):
+                return False
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            self._eof = True
+            chunk = b"\n" if self._partial else b""
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace") + "\n"
+            self.unread.append(line)
+            self.seen.append(line)
+        return True
 
     def finish(self, timeout: float = 20.0) -> tuple[int, str]:
         """Wait for exit; return the status and the whole log."""
-        assert self.proc.stderr is not None
-        status = self.proc.wait(timeout)
-        rest = self.proc.stderr.read()
-        self.seen.append(rest)
+        deadline = time.monotonic() + timeout
+        while not self._eof and self._read_some(deadline - time.monotonic()):
+            pass
+        status = self.proc.wait(max(deadline - time.monotonic(), 0.1))
         return status, "".join(self.seen)
 
     def signal(self, signum: signal.Signals) -> None:

@@ -27,11 +27,13 @@ def worker_pids() -> Iterator[list[int]]:
 
 
 def start_workers(spawn: Spawn, pids: list[int], *args: str) -> tuple[LoggingProcess, int]:
-    """Start ``trio-echo --workers 2`` on a free port; wait until both listen."""
+    """Start ``trio-echo --workers 2`` on a free port; wait until both listen.
+
+    *pids* gets the workers' PIDs, in the order of their numbers."""
     parent = spawn([TRIO_ECHO, "--port", "0", "--workers", "2", *args])
     port = int(parent.wait_for(r"\[supervisor\] starting 2 workers on 127\.0\.0\.1:(\d+)")[1])
-    for _ in range(2):
-        pids.append(int(parent.wait_for(STARTED)[2]))
+    for number in (1, 2):
+        pids.append(int(parent.wait_for(rf"started worker {number} \(pid (\d+)\)")[1]))
     for number in (1, 2):
         assert int(parent.wait_for(rf"\[worker {number}\] listening on \S+:(\d+)")[1]) == port
     return parent, port
@@ -144,3 +146,23 @@ def test_help_says_max_connections_is_per_worker() -> None:
     result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
     assert "per worker" in " ".join(result.stdout.split())
     assert "--workers N" in result.stdout
+
+
+def test_worker_whose_supervisor_is_gone_does_not_start() -> None:
+    # PID 1 is never this test's process, so the "supervisor" is not the parent.
+    result = subprocess.run(
+        [TRIO_ECHO, "--port", "0", "--worker-of", "1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "[worker 1] the supervisor (pid 1) is gone; not starting" in result.stderr
+    assert "listening" not in result.stderr
+
+
+def test_malformed_worker_of_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--worker-of", "x"])
+    assert exit_info.value.code == 2
+    assert "argument --worker-of: expected PID:NUMBER" in capsys.readouterr().err
