@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from trio_echo._cli import main
+from trio_echo._sockets import bind_reuseport_groups, describe_sockets
 
 from .conftest import Spawn
 from .processes import TRIO_ECHO, LoggingProcess, echo_once, kill_if_running, wait_gone
@@ -166,3 +167,48 @@ def test_malformed_worker_of_is_a_usage_error(capsys: pytest.CaptureFixture[str]
         main(["--worker-of", "x"])
     assert exit_info.value.code == 2
     assert "argument --worker-of: expected PID:NUMBER" in capsys.readouterr().err
+
+
+def test_second_signal_to_parent_stops_workers_at_once(
+    spawn: Spawn, worker_pids: list[int]
+) -> None:
+    parent, port = start_workers(spawn, worker_pids, "--grace", "60")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.setblocking(False)
+        # Fill both directions: the worker blocks sending an echo nobody reads.
+        try:
+            for _ in range(10_000):
+                client.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        parent.signal(signal.SIGTERM)
+        parent.wait_for(r"\[worker \d\] shutting down: 1 connection")
+        parent.signal(signal.SIGTERM)
+        status, log = parent.finish(timeout=15)
+    assert status == 0
+    assert "[supervisor] SIGTERM received again: workers stop now" in log
+    assert "received again: stopping now" in log
+    wait_gone(worker_pids)
+
+
+def test_reuseport_groups_share_a_port_per_address() -> None:
+    groups = bind_reuseport_groups("::1", 0, 3, 16)
+    try:
+        names = {sock.getsockname()[:2] for group in groups for sock in group}
+        assert len(names) == 1
+        assert [len(group) for group in groups] == [1, 1, 1]
+        assert describe_sockets(groups[0]) == f"[::1]:{names.pop()[1]}"
+    finally:
+        for group in groups:
+            for sock in group:
+                sock.close()
+
+
+def test_reuseport_bind_failure_leaves_nothing_open() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError, match="in use"):
+            bind_reuseport_groups("127.0.0.1", taken.getsockname()[1], 2, None)
+        assert len(os.listdir("/proc/self/fd")) == before
