@@ -185,7 +185,7 @@ def test_second_signal_to_parent_stops_workers_at_once(
         parent.wait_for(r"\[worker \d\] shutting down: 1 connection")
         parent.signal(signal.SIGTERM)
         status, log = parent.finish(timeout=15)
-    assert status == 0
+    assert status == 0, log
     assert "[supervisor] SIGTERM received again: workers stop now" in log
     assert "received again: stopping now" in log
     wait_gone(worker_pids)

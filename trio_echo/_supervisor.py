@@ -95,7 +95,9 @@ class Supervisor:
             started = trio.current_time()
             status = await self._run_worker(spec)
             if self._stopping:
-                if status != 0:
+                # A forwarded signal that arrives while the worker starts up or tears
+                # down (its handlers not installed) ends it by default: still a stop.
+                if status not in (0, -signal.SIGINT, -signal.SIGTERM):
                     self._clean = False
                     LOGGER.warning("worker %d %s during shutdown", spec.number, _how(status))
                 return
