@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -179,3 +182,63 @@ async def _serve_on(
 async def test_serve_refuses_empty_listeners() -> None:
     with pytest.raises(ValueError, match="listeners"):
         await serve(make_config(), listeners=[])
+
+
+SYSTEMD_SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_SOCKET_ACTIVATE is None, reason="systemd-socket-activate not found")
+def test_started_by_systemds_own_socket_activation(spawn: Spawn) -> None:
+    assert SYSTEMD_SOCKET_ACTIVATE is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # It listens, and on the first connection execs trio-echo with the socket.
+    server = spawn(
+        [SYSTEMD_SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", TRIO_ECHO, "--workers", "2"]
+    )
+    server.wait_for(r"Listening on 127\.0\.0\.1:\d+ as 3")
+    assert echo_once(port, b"first, and starts it") == b"first, and starts it"
+    server.wait_for(rf"\[worker 1\] listening on 127\.0\.0\.1:{port}")
+    server.wait_for(rf"\[worker 2\] listening on 127\.0\.0\.1:{port}")
+    assert echo_once(port, b"second") == b"second"
+    server.signal(signal.SIGTERM)
+    status, log = server.finish()
+    assert status == 0
+    assert "Traceback" not in log
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not found")
+def test_readme_systemd_units_verify(tmp_path: Path) -> None:
+    assert SYSTEMD_ANALYZE is not None
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    units = re.findall(
+        r"`/etc/systemd/system/(trio-echo\.\w+)`:\n\n```ini\n(.*?)```", readme, re.S
+    )
+    assert [name for name, _ in units] == ["trio-echo.socket", "trio-echo.service"]
+    for name, text in units:
+        # The README's path is where pip installs for root; verify needs a real file.
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/trio-echo", TRIO_ECHO))
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", *(str(tmp_path / name) for name, _ in units)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trio-echo" not in result.stderr, result.stderr
+
+
+def test_explicit_fd_with_workers(spawn: Spawn, listening: socket.socket) -> None:
+    port = listening.getsockname()[1]
+    fd = listening.fileno()
+    server = spawn([TRIO_ECHO, "--fd", str(fd), "--workers", "2"], pass_fds=[fd])
+    server.wait_for(rf"\[worker 1\] listening on 127\.0\.0\.1:{port}")
+    server.wait_for(rf"\[worker 2\] listening on 127\.0\.0\.1:{port}")
+    listening.close()
+    assert echo_once(port, b"shared") == b"shared"
+    server.signal(signal.SIGTERM)
+    status, log = server.finish()
+    assert status == 0
+    assert "Traceback" not in log
