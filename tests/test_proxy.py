@@ -382,5 +382,7 @@ async def test_shutdown_during_header_closes_with_shutdown(
     client = await connect(server)
     await client.send_all(b"PROXY TCP4 ")
     await wait_until(lambda: server.statistics().accepted == 1)
+    # Open while it sends its header: accepted == closed + active holds throughout.
+    assert (server.statistics().active, server.statistics().closed) == (1, 0)
     await server.shutdown()
     assert server.statistics().closed_by_reason == {"shutdown": 1}

@@ -126,11 +126,23 @@ def test_address_in_use_is_one_line_and_exit_1() -> None:
     )
 
 
-def test_zero_workers_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "argument --workers: workers must be >= 1, got 0"),
+        (["--workers", "two"], "argument --workers: invalid int value"),
+        (["--fd", "three"], "argument --fd: invalid int value"),
+        (["--proxy-timeout", "0"], "argument --proxy-timeout: proxy_timeout must be"),
+        (["--proxy-timeout", "nan"], "argument --proxy-timeout: proxy_timeout must be"),
+    ],
+)
+def test_new_options_usage_errors(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--workers", "0"])
+        main(args)
     assert exit_info.value.code == 2
-    assert "argument --workers: workers must be >= 1, got 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_workers_without_so_reuseport_is_a_clear_error(

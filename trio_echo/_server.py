@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import socket
 from collections.abc import Sequence
 from typing import Final
 
+import attrs
 import trio
 
 from ._config import ConnectionConfig, ServerConfig
@@ -60,6 +62,8 @@ class EchoServer:
         self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
         self._tally = Tally()
         self._active: set[Connection] = set()
+        # Connections still sending their PROXY header: open, but not echoing yet.
+        self._handshaking: set[_Handshake] = set()
         self._slots = trio.Semaphore(config.listener.max_connections)
         # One receive buffer for every plain-TCP connection (see SocketConnection).
         self._buffer = memoryview(bytearray(config.connection.max_message))
@@ -80,7 +84,7 @@ class EchoServer:
 
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot of the server's counters, open connections included."""
-        return self._tally.snapshot(self._active)
+        return self._tally.snapshot(itertools.chain(self._active, self._handshaking))
 
     def request_shutdown(self) -> None:
         """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it."""
@@ -122,7 +126,11 @@ class EchoServer:
 
     def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
         grace = self.config.listener.grace
-        LOGGER.info("shutting down: %d connection(s) open, %s s grace", len(self._active), grace)
+        LOGGER.info(
+            "shutting down: %d connection(s) open, %s s grace",
+            len(self._active) + len(self._handshaking),
+            grace,
+        )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
         for conn in list(self._active):
@@ -188,6 +196,8 @@ class EchoServer:
     ) -> tuple[str, bytes] | None:
         """The PROXY step: the real peer and the bytes after the header, or ``None``
         after closing a connection without a valid header."""
+        handshake = _Handshake()
+        self._handshaking.add(handshake)
         try:
             return await self._read_proxy_header(stream, peer)
         except ProxyProtocolError as exc:
@@ -200,6 +210,8 @@ class EchoServer:
             # Shutdown's grace ran out (or serve() was cancelled) mid-header.
             await self._refuse(stream, peer, SHUTDOWN if self._stopping else CANCELLED, started)
             raise
+        finally:
+            self._handshaking.discard(handshake)
         return None
 
     async def _serve_connection(self, conn: Connection, started: float) -> None:
@@ -272,6 +284,15 @@ class EchoServer:
         if now - self._last_warning >= WARNING_INTERVAL:
             self._last_warning = now
             LOGGER.warning(message, *args)
+
+
+@attrs.define(eq=False)
+class _Handshake:
+    """The counters of a connection still sending its PROXY header (all zero)."""
+
+    rounds: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 def _peer_of(stream: trio.SocketStream) -> str:
