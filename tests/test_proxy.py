@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import ssl
 import struct
+from pathlib import Path
 
 import pytest
 import trio
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trio_echo import TLSConfig
 from trio_echo._proxy import (
     MAX_HEADER,
     V1_MAX,
@@ -21,8 +25,9 @@ from trio_echo._proxy import (
     ProxyProtocolError,
     parse_proxy_header,
 )
+from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, StartServer, receive_until_eof, wait_until
+from .conftest import Connect, receive_exactly, receive_until_eof, reset_on_close, wait_until
 
 
 def v2(
@@ -278,10 +283,10 @@ def test_fuzz_v1_and_v2_round_trip(
 
 
 async def test_proxied_connection_echoes_bytes_after_header_and_logs_real_client(
-    connect: Connect, start_server: StartServer, caplog: pytest.LogCaptureFixture
+    connect: Connect, echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trio_echo")
-    server = await start_server(proxy_protocol=True, framing="line", rounds=2)
+    server = await echo_server_factory(proxy_protocol=True, framing="line", rounds=2)
     client = await connect(server)
     # The header and the client's first bytes arrive in one segment.
     await client.send_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 9999\r\none\ntw")
@@ -293,9 +298,9 @@ async def test_proxied_connection_echoes_bytes_after_header_and_logs_real_client
 
 
 async def test_proxied_v2_header_then_more_than_max_message(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server(proxy_protocol=True, max_message=4)
+    server = await echo_server_factory(proxy_protocol=True, max_message=4)
     client = await connect(server)
     payload = bytes(range(256)) * 4
     await client.send_all(v2(addresses=inet("::1", "::1", 1, 2), family=0x21) + payload)
@@ -316,12 +321,12 @@ async def test_proxied_v2_header_then_more_than_max_message(
 )
 async def test_bad_header_closes_with_proxy_error_and_echoes_nothing(
     connect: Connect,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
     caplog: pytest.LogCaptureFixture,
     sent: bytes,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trio_echo")
-    server = await start_server(proxy_protocol=True)
+    server = await echo_server_factory(proxy_protocol=True)
     client = await connect(server)
     await client.send_all(sent)
     await client.send_eof()
@@ -338,9 +343,9 @@ async def test_bad_header_closes_with_proxy_error_and_echoes_nothing(
 
 
 async def test_silent_client_is_closed_after_proxy_timeout(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server(proxy_protocol=True, proxy_timeout=0.2)
+    server = await echo_server_factory(proxy_protocol=True, proxy_timeout=0.2)
     client = await connect(server)
     await client.send_all(b"PROXY TCP4 ")  # then nothing more
     with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
@@ -349,10 +354,11 @@ async def test_silent_client_is_closed_after_proxy_timeout(
     assert server.statistics().closed_by_reason == {"proxy-error": 1}
 
 
-async def test_reset_during_header_is_a_reset(connect: Connect, start_server: StartServer) -> None:
-    from .conftest import reset_on_close
+async def test_reset_during_header_is_a_reset(
+    connect: Connect, echo_server_factory: EchoServerFactory
+) -> None:
 
-    server = await start_server(proxy_protocol=True)
+    server = await echo_server_factory(proxy_protocol=True)
     client = await connect(server)
     await client.send_all(b"PROXY TCP4 ")
     reset_on_close(client.socket)
@@ -362,10 +368,10 @@ async def test_reset_during_header_is_a_reset(connect: Connect, start_server: St
 
 
 async def test_health_check_header_keeps_socket_peer(
-    connect: Connect, start_server: StartServer, caplog: pytest.LogCaptureFixture
+    connect: Connect, echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trio_echo")
-    server = await start_server(proxy_protocol=True)
+    server = await echo_server_factory(proxy_protocol=True)
     client = await connect(server)
     port = client.socket.getsockname()[1]
     await client.send_all(v2(command=0, family=0x00) + b"ping")
@@ -376,9 +382,9 @@ async def test_health_check_header_keeps_socket_peer(
 
 
 async def test_shutdown_during_header_closes_with_shutdown(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server(proxy_protocol=True, proxy_timeout=60, grace=0)
+    server = await echo_server_factory(proxy_protocol=True, proxy_timeout=60, grace=0)
     client = await connect(server)
     await client.send_all(b"PROXY TCP4 ")
     await wait_until(lambda: server.statistics().accepted == 1)
@@ -386,3 +392,51 @@ async def test_shutdown_during_header_closes_with_shutdown(
     assert (server.statistics().active, server.statistics().closed) == (1, 0)
     await server.shutdown()
     assert server.statistics().closed_by_reason == {"shutdown": 1}
+
+
+class _HeaderFirst(trio.abc.Stream):
+    """A client transport that puts *header* in front of its first write, so the
+    PROXY header and the TLS ClientHello share one segment (as HAProxy may send)."""
+
+    def __init__(self, stream: trio.SocketStream, header: bytes) -> None:
+        self.stream = stream
+        self._header = header
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        header, self._header = self._header, b""
+        await self.stream.send_all(header + bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_proxy_header_then_tls_handshake_in_the_same_segment(
+    echo_server_factory: EchoServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile = tmp_path / "cert.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls = TLSConfig(certfile=certfile, keyfile=tmp_path / "key.pem")
+    server = await echo_server_factory(tls=tls, proxy_protocol=True)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    tcp = await trio.open_tcp_stream("127.0.0.1", server.port)
+    header = b"PROXY TCP6 2001:db8::7 2001:db8::1 4242 443\r\n"
+    client = trio.SSLStream(_HeaderFirst(tcp, header), context, server_hostname="127.0.0.1")
+    with trio.fail_after(10):
+        await client.do_handshake()
+        await client.send_all(b"over TLS")
+        assert await receive_exactly(client, 8) == b"over TLS"
+        await client.aclose()
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"eof": 1}
+    assert "closed [2001:db8::7]:4242: rounds=1" in caplog.text

@@ -12,10 +12,12 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
 
+import attrs
 import trio
 
 from . import __version__
-from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig
+from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig, TLSConfig
+from ._logs import JSONFormatter, event, report_statistics
 from ._server import EchoServer, serve
 from ._sockets import (
     bind_reuseport_groups,
@@ -26,12 +28,15 @@ from ._sockets import (
 )
 from ._stats import ServerStatistics
 from ._supervisor import Supervisor, WorkerSpec, die_with_parent
+from ._tls import server_context
 
 __all__ = ["main"]
 
 LOGGER = logging.getLogger("trio_echo")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 # Exit statuses: 0 after a clean (graceful) shutdown, 1 when the server cannot
 # start, 2 for a usage error (argparse's own convention).
@@ -46,8 +51,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults_l, defaults_c = ListenerConfig(), ConnectionConfig()
+    default_handshake = attrs.fields(TLSConfig).handshake_timeout.default
     parser = _Parser(
         prog="trio-echo",
         description="A TCP echo server built on trio.",
@@ -136,7 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults_l.proxy_timeout,
         help="with --proxy-protocol, time allowed for the header (default: %(default)s)",
     )
+    add("--certfile", metavar="PEM", help="serve over TLS with this certificate chain")
+    add("--keyfile", metavar="PEM", help="the private key, if not in --certfile (needs it)")
+    add(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs (needs --certfile)",
+    )
+    add(
+        "--tls-handshake-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=default_handshake,
+        help="close clients that have not completed the TLS handshake by then "
+        "(default: %(default)s)",
+    )
+    add(
+        "--stats-interval",
+        type=seconds,
+        metavar="SECONDS",
+        default=None,
+        help="log the server's statistics every SECONDS (default: off)",
+    )
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="json: one JSON object per line (default: %(default)s)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     # Internal: set by the --workers parent on the command lines of its workers.
     add("--worker-of", metavar="PID:NUMBER", help=argparse.SUPPRESS)
@@ -154,7 +196,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     host = None if host in ("", "*") else host
     port = defaults.port if args.port is None else args.port
     idle = None if args.idle_timeout == 0 else args.idle_timeout
+    tls = None
+    if args.certfile is not None:
+        tls = TLSConfig(
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            client_ca=args.tls_client_ca,
+            handshake_timeout=args.tls_handshake_timeout,
+        )
+    elif args.keyfile is not None or args.tls_client_ca is not None:
+        raise ValueError("certfile is required by --keyfile and --tls-client-ca")
     return ServerConfig(
+        tls=tls,
         listener=ListenerConfig(
             host=host,
             port=port,
@@ -172,10 +225,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+# Config fields whose option is not simply --field-name.
+OPTION_FOR_FIELD = {"client_ca": "--tls-client-ca", "handshake_timeout": "--tls-handshake-timeout"}
+
+
 def _option_for(message: str) -> str:
     """The command-line option a validator's message is about (it starts with the field)."""
     field = message.split(" ", 1)[0]
-    return "--" + field.replace("_", "-")
+    return OPTION_FOR_FIELD.get(field, "--" + field.replace("_", "-"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,15 +246,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"argument {_option_for(str(exc))}: {exc}")
     worker = _worker_of(parser, args.worker_of)
     _check_listen_options(parser, args, worker)
-    tag = "supervisor" if args.workers > 1 else None if worker is None else f"worker {worker[1]}"
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s " + ("" if tag is None else f"[{tag}] ") + "%(message)s",
-        stream=sys.stderr,
-    )
+    process = "supervisor" if args.workers > 1 else None
+    if worker is not None:
+        process = f"worker {worker[1]}"
+    _configure_logging(args.log_level, args.log_format, process)
     if worker is not None and not die_with_parent(worker[0]):
         LOGGER.error("the supervisor (pid %d) is gone; not starting", worker[0])
         return EXIT_FAILURE
+    if config.tls is not None:
+        try:
+            # Fail before starting, with the file's name; serve() loads it again.
+            server_context(config.tls)
+        except OSError as exc:
+            print(f"trio-echo: error: cannot load TLS files: {_describe(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
     try:
         fds: list[int] = args.fd or systemd_listen_fds(os.environ, os.getpid())
         sockets = [listening_socket_from_fd(fd) for fd in fds]
@@ -206,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     if args.workers > 1:
         return _supervise(config, args.workers, arguments, sockets, explicit_fds=bool(args.fd))
-    return _serve_here(config, sockets or None)
+    return _serve_here(config, sockets or None, args.stats_interval)
 
 
 def _worker_of(parser: argparse.ArgumentParser, value: str | None) -> tuple[int, int] | None:
@@ -233,12 +295,14 @@ def _check_listen_options(
         parser.error("argument --fd: not allowed with --host or --port")
 
 
-def _serve_here(config: ServerConfig, sockets: list[socket.socket] | None) -> int:
+def _serve_here(
+    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+) -> int:
     """Serve in this process until a signal; return the exit status."""
     failure: OSError | None = None
     interrupted = False
     try:
-        stats = trio.run(_run, config, sockets)
+        stats = trio.run(_run, config, sockets, stats_interval)
     except* OSError as group:
         failure = _first_os_error(group)
     except* KeyboardInterrupt:
@@ -258,6 +322,16 @@ def _serve_here(config: ServerConfig, sockets: list[socket.socket] | None) -> in
         stats.rounds,
         stats.bytes_in,
         stats.bytes_out,
+        extra=event(
+            "shutdown",
+            accepted=stats.accepted,
+            closed_by_reason=dict(stats.closed_by_reason),
+            rounds=stats.rounds,
+            bytes_in=stats.bytes_in,
+            bytes_out=stats.bytes_out,
+            limit_waits=stats.limit_waits,
+            accept_errors=stats.accept_errors,
+        ),
     )
     return EXIT_OK
 
@@ -306,6 +380,19 @@ def _supervise(
     return trio.run(supervisor.run)
 
 
+def _configure_logging(level: str, log_format: str, process: str | None) -> None:
+    """Log to stderr; with --workers, every line names its *process*."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JSONFormatter(process=process)
+    else:
+        prefix = "" if process is None else f"[{process}] "
+        formatter = logging.Formatter(TEXT_FORMAT.replace("%(message)s", prefix + "%(message)s"))
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def _where(config: ServerConfig) -> str:
     host = config.listener.host
     return f"{'*' if host is None else host}:{config.listener.port}"
@@ -323,7 +410,9 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-async def _run(config: ServerConfig, sockets: list[socket.socket] | None) -> ServerStatistics:
+async def _run(
+    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+) -> ServerStatistics:
     """Serve until a signal: the first shuts down gracefully, a second at once."""
     listeners = None
     if sockets is not None:
@@ -334,6 +423,8 @@ async def _run(config: ServerConfig, sockets: list[socket.socket] | None) -> Ser
                 functools.partial(serve, config, listeners=listeners)
             )
             nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
+            if stats_interval is not None:
+                nursery.start_soon(report_statistics, server, stats_interval)
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
     return server.statistics()

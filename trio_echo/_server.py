@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Final
 
@@ -22,9 +23,11 @@ from ._connection import (
     StreamConnection,
     format_peer,
 )
+from ._logs import event
 from ._protocol import SHUTDOWN
 from ._proxy import MAX_HEADER, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from ._stats import ServerStatistics, Tally
+from ._tls import TLSConnection, server_context
 
 __all__ = ["EchoServer", "serve"]
 
@@ -50,12 +53,22 @@ WARNING_INTERVAL: Final = 10.0
 class EchoServer:
     """A running echo server: what ``await nursery.start(serve, config)`` returns.
 
-    The handle is live: :meth:`statistics` reads the counters at the moment
-    it is called, and :meth:`shutdown` stops the server gracefully.
+    Do not construct it yourself; :func:`serve` does.  The handle is live:
+    :meth:`statistics` reads the counters at the moment it is called, and
+    :meth:`shutdown` stops the server gracefully.  It stays usable after the
+    server has stopped (``addresses``, ``port`` and ``statistics()`` keep
+    their last values; ``shutdown()`` returns at once).
     """
 
-    def __init__(self, config: ServerConfig, listeners: list[trio.SocketListener]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        listeners: list[trio.SocketListener],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
+        self._ssl_context = ssl_context
         self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
         # Read once: the listeners are closed at shutdown, the handle outlives them.
         names = [listener.socket.getsockname() for listener in listeners]
@@ -83,15 +96,26 @@ class EchoServer:
         return self.addresses[0][1]
 
     def statistics(self) -> ServerStatistics:
-        """A frozen snapshot of the server's counters, open connections included."""
+        """A frozen snapshot of the server's counters, open connections included.
+
+        Synchronous and cheap (it walks the open connections); never raises.
+        """
         return self._tally.snapshot(itertools.chain(self._active, self._handshaking))
 
     def request_shutdown(self) -> None:
-        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it."""
+        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
+
+        Synchronous, idempotent, never raises; safe to call from any task
+        of the server's trio run (e.g. a signal handler task).
+        """
         self._stop_requested.set()
 
     async def wait_stopped(self) -> None:
-        """Wait until :func:`serve` has closed every listener and connection."""
+        """Wait until :func:`serve` has closed every listener and connection.
+
+        Cancellation:
+          Cancelling the wait does not affect the server.
+        """
         await self._stopped.wait()
 
     async def shutdown(self) -> None:
@@ -102,6 +126,10 @@ class EchoServer:
         then echoes any byte already read, half-closes and closes cleanly.
         Connections still open after ``grace`` seconds are cancelled.  Calling
         it again, or after the server has stopped, just waits.
+
+        Cancellation:
+          Cancelling the caller's wait does not undo the shutdown: once
+          called, the server stops regardless.  Never raises otherwise.
         """
         self._stop_requested.set()
         await self._stopped.wait()
@@ -113,7 +141,13 @@ class EchoServer:
                     for listener in self.listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
                     for host, port in self.addresses:
-                        LOGGER.info("listening on %s", format_peer((host, port)))
+                        LOGGER.info(
+                            "listening on %s",
+                            format_peer((host, port)),
+                            extra=event(
+                                "start", host=host, port=port, tls=self.config.tls is not None
+                            ),
+                        )
                     task_status.started(self)
                     await self._stop_requested.wait()
                     acceptors.cancel_scope.cancel()
@@ -130,6 +164,9 @@ class EchoServer:
             "shutting down: %d connection(s) open, %s s grace",
             len(self._active) + len(self._handshaking),
             grace,
+            extra=event(
+                "stopping", active=len(self._active) + len(self._handshaking), grace=grace
+            ),
         )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
@@ -185,11 +222,23 @@ class EchoServer:
                 if proxied is None:
                     return
                 peer, initial = proxied
-            conn = self._connection_for(stream, peer)
-            conn.initial = initial
+            conn = self._connection_for(stream, peer, initial)
             await self._serve_connection(conn, started)
         finally:
             self._slots.release()
+
+    async def _serve_connection(self, conn: Connection, started: float) -> None:
+        self._active.add(conn)
+        if self._stopping:
+            conn.stop()
+        reason = "error"
+        try:
+            reason = await conn.serve()
+        finally:
+            reason = conn.reason or reason
+            self._active.discard(conn)
+            self._tally.record_close(conn, reason)
+            _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, started, reason)
 
     async def _proxied_peer(
         self, stream: trio.SocketStream, peer: str, started: float
@@ -213,19 +262,6 @@ class EchoServer:
         finally:
             self._handshaking.discard(handshake)
         return None
-
-    async def _serve_connection(self, conn: Connection, started: float) -> None:
-        self._active.add(conn)
-        if self._stopping:
-            conn.stop()
-        reason = "error"
-        try:
-            reason = await conn.serve()
-        finally:
-            reason = conn.reason or reason
-            self._active.discard(conn)
-            self._tally.record_close(conn, reason)
-            _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, started, reason)
 
     async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> tuple[str, bytes]:
         """Read the PROXY header; return the peer it names and the bytes after it.
@@ -270,14 +306,30 @@ class EchoServer:
             self._tally.record_refused(reason)
             _log_close(peer, 0, 0, 0, started, reason)
 
-    def _connection_for(self, stream: trio.SocketStream, peer: str) -> Connection:
+    def _connection_for(self, stream: trio.SocketStream, peer: str, initial: bytes) -> Connection:
+        """The connection for *stream*; *initial* is what was read after a PROXY header."""
         config: ConnectionConfig = self.config.connection
+        tls = self.config.tls
+        if self._ssl_context is not None and tls is not None:
+            # The bytes after the header are the start of the TLS handshake.
+            return TLSConnection(
+                stream,
+                self._ssl_context,
+                config,
+                peer=peer,
+                handshake_timeout=tls.handshake_timeout,
+                received=initial,
+            )
+        conn: Connection
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
             sock.setblocking(False)
-            return SocketConnection(sock, config, peer=peer, buffer=self._buffer)
-        return StreamConnection(stream, config, peer=peer)
+            conn = SocketConnection(sock, config, peer=peer, buffer=self._buffer)
+        else:
+            conn = StreamConnection(stream, config, peer=peer)
+        conn.initial = initial
+        return conn
 
     def _warn(self, message: str, *args: object) -> None:
         now = trio.current_time()
@@ -305,14 +357,24 @@ def _peer_of(stream: trio.SocketStream) -> str:
 def _log_close(
     peer: str, rounds: int, bytes_in: int, bytes_out: int, started: float, reason: str
 ) -> None:
+    duration = trio.current_time() - started
     LOGGER.info(
         "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
         peer,
         rounds,
         bytes_in,
         bytes_out,
-        trio.current_time() - started,
+        duration,
         reason,
+        extra=event(
+            "close",
+            peer=peer,
+            rounds=rounds,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            duration=round(duration, 6),
+            reason=reason,
+        ),
     )
 
 
@@ -324,10 +386,12 @@ async def serve(
 ) -> None:
     """Run an echo server until it is shut down or cancelled.
 
-    Binds ``config.listener.host``/``port`` (``port=0`` picks a free port;
-    ``host=None`` binds every address, possibly on different ports for IPv4
-    and IPv6 -- see :attr:`EchoServer.addresses`), logs ``listening on
-    HOST:PORT`` for each, and runs one task per connection.
+    With ``config.tls`` set, loads the certificate first and serves echo
+    over TLS (see :class:`TLSConfig`).  Binds ``config.listener.host``/``port``
+    (``port=0`` picks a free port; ``host=None`` binds every address,
+    possibly on different ports for IPv4 and IPv6 -- see
+    :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
+    and runs one task per connection.
 
     With *listeners*, serves on those instead of binding, and ignores
     ``host``, ``port`` and ``backlog``: this is how a socket bound with
@@ -352,15 +416,19 @@ async def serve(
     Error handling:
       An empty *listeners* raises :exc:`ValueError`.  Binding errors (address
       in use, permission denied, unknown host) raise :exc:`OSError` before the
-      server starts.  A connection's errors end only that connection, with a
-      close reason.  ``accept()`` running out of file descriptors or memory is
-      logged and retried after 100 ms.
+      server starts, and so do TLS files that are missing or invalid
+      (:exc:`ssl.SSLError` is an ``OSError``).  A
+      connection's errors end only that connection, with a close reason (a
+      TLS handshake that fails or does not finish within
+      ``tls.handshake_timeout``: ``tls-error``).  ``accept()`` running out of file
+      descriptors or memory is logged and retried after 100 ms.
     """
+    if listeners is not None and not listeners:
+        raise ValueError("listeners must hold at least one trio.SocketListener")
+    context = None if config.tls is None else server_context(config.tls)
     if listeners is None:
         listener_config = config.listener
         listeners = await trio.open_tcp_listeners(
             listener_config.port, host=listener_config.host, backlog=listener_config.backlog
         )
-    elif not listeners:
-        raise ValueError("listeners must hold at least one trio.SocketListener")
-    await EchoServer(config, list(listeners))._run(task_status)
+    await EchoServer(config, list(listeners), ssl_context=context)._run(task_status)
