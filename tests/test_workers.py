@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -224,3 +226,21 @@ def test_reuseport_bind_failure_leaves_nothing_open() -> None:
         with pytest.raises(OSError, match="in use"):
             bind_reuseport_groups("127.0.0.1", taken.getsockname()[1], 2, None)
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_json_log_lines_name_the_process(spawn: Spawn, worker_pids: list[int]) -> None:
+    parent = spawn([TRIO_ECHO, "--port", "0", "--workers", "2", "--log-format", "json"])
+    for _ in range(2):
+        parent.wait_for(r'"message":"listening on ')
+    parent.signal(signal.SIGTERM)
+    status, log = parent.finish()
+    assert status == 0
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
+    worker_pids.extend(
+        int(match[1])
+        for record in records
+        if (match := re.search(r"started worker \d \(pid (\d+)\)", record["message"]))
+    )
+    assert len(worker_pids) == 2
+    assert {record["process"] for record in records} == {"supervisor", "worker 1", "worker 2"}
+    wait_gone(worker_pids)
