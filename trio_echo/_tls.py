@@ -28,13 +28,13 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
 
 from ._config import ConnectionConfig, TLSConfig
-from ._connection import StreamConnection
+from ._connection import Connection, StreamConnection
 from ._protocol import EOF, SHUTDOWN
 
 __all__ = ["TLS_ERROR", "ServerTransport", "TLSConnection", "server_context"]
@@ -185,11 +185,12 @@ class TLSConnection(StreamConnection):
         *,
         peer: str,
         handshake_timeout: float,
+        on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self._tls = trio.SSLStream(
             ServerTransport(stream, config.drain_timeout), context, server_side=True
         )
-        super().__init__(self._tls, config, peer=peer)
+        super().__init__(self._tls, config, peer=peer, on_close=on_close)
         self._handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
 
     def stop(self) -> None:
