@@ -140,7 +140,8 @@ class EchoProtocol:
                     self.reason = ROUNDS
                 self._remaining = remaining - lines
             self.rounds += lines
-            out = bytes(chunk[:end])
+            # A chunk of whole lines (the usual case) is echoed without a copy.
+            out = chunk if end == len(chunk) and chunk is not pending else bytes(chunk[:end])
         if self.reason is not None:
             self._pending = bytearray()
         elif too_long:
