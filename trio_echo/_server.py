@@ -210,58 +210,69 @@ class EchoServer:
                 slots.release()
                 raise
             else:
-                self._tally.accepted += 1
-                handlers.start_soon(self._handle, stream)
+                if self.config.listener.proxy_protocol:
+                    handlers.start_soon(self._start_proxied_connection, stream, handlers)
+                else:
+                    self._start_connection(stream, handlers)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        started = trio.current_time()
+    def _start_connection(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
+        # The connection's own serve() is the task's root coroutine: no wrapper
+        # frame per connection; the bookkeeping runs in _connection_closed.
         try:
-            peer, initial = _peer_of(stream), b""
-            if self.config.listener.proxy_protocol:
-                proxied = await self._proxied_peer(stream, peer, started)
-                if proxied is None:
-                    return
-                peer, initial = proxied
-            conn = self._connection_for(stream, peer, initial)
-            await self._serve_connection(conn, started)
-        finally:
+            conn = self._connection_for(stream)
+        except OSError as exc:
+            # The client is already gone (or the descriptor unusable): nothing to serve.
+            LOGGER.debug("dropping a connection that failed on setup: %s", exc)
+            stream.socket.close()
+            self._tally.accept_errors += 1
             self._slots.release()
+            return
+        self._tally.accepted += 1
+        self._serve_connection(conn, handlers)
 
-    async def _serve_connection(self, conn: Connection, started: float) -> None:
+    def _serve_connection(self, conn: Connection, handlers: trio.Nursery) -> None:
         self._active.add(conn)
         if self._stopping:
             conn.stop()
-        reason = "error"
-        try:
-            reason = await conn.serve()
-        finally:
-            reason = conn.reason or reason
-            self._active.discard(conn)
-            self._tally.record_close(conn, reason)
-            _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, started, reason)
+        handlers.start_soon(conn.serve)
 
-    async def _proxied_peer(
-        self, stream: trio.SocketStream, peer: str, started: float
-    ) -> tuple[str, bytes] | None:
-        """The PROXY step: the real peer and the bytes after the header, or ``None``
-        after closing a connection without a valid header."""
+    async def _start_proxied_connection(
+        self, stream: trio.SocketStream, handlers: trio.Nursery
+    ) -> None:
+        """The PROXY step, then the connection as a task of its own (this one ends).
+
+        A connection without a valid header is closed here with reason
+        ``proxy-error`` and never reaches the echo loop.
+        """
+        started = trio.current_time()
+        self._tally.accepted += 1
+        peer = _peer_of(stream)
         handshake = _Handshake()
         self._handshaking.add(handshake)
         try:
-            return await self._read_proxy_header(stream, peer)
+            peer, initial = await self._read_proxy_header(stream, peer)
         except ProxyProtocolError as exc:
             LOGGER.info("%s: bad PROXY header: %s", peer, exc)
             await self._refuse(stream, peer, PROXY_ERROR, started)
+            return
         except (trio.BrokenResourceError, OSError) as exc:
             LOGGER.debug("%s: %s", peer, exc or type(exc).__name__)
             await self._refuse(stream, peer, RESET, started)
+            return
         except trio.Cancelled:
             # Shutdown's grace ran out (or serve() was cancelled) mid-header.
             await self._refuse(stream, peer, SHUTDOWN if self._stopping else CANCELLED, started)
             raise
         finally:
             self._handshaking.discard(handshake)
-        return None
+        try:
+            conn = self._connection_for(stream, peer=peer, initial=initial)
+        except OSError as exc:
+            LOGGER.debug("%s: %s", peer, exc)
+            await self._refuse(stream, peer, RESET, started)
+            return
+        conn.started = started
+        self._serve_connection(conn, handlers)
 
     async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> tuple[str, bytes]:
         """Read the PROXY header; return the peer it names and the bytes after it.
@@ -304,20 +315,37 @@ class EchoServer:
         finally:
             # Counted even when the close raises Cancelled (it has closed anyway).
             self._tally.record_refused(reason)
+            self._slots.release()
             _log_close(peer, 0, 0, 0, started, reason)
 
-    def _connection_for(self, stream: trio.SocketStream, peer: str, initial: bytes) -> Connection:
-        """The connection for *stream*; *initial* is what was read after a PROXY header."""
+    def _connection_closed(self, conn: Connection) -> None:
+        reason = conn.reason or "error"
+        self._active.discard(conn)
+        self._tally.record_close(conn, reason)
+        self._slots.release()
+        _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, conn.started, reason)
+
+    def _connection_for(
+        self, stream: trio.SocketStream, *, peer: str | None = None, initial: bytes = b""
+    ) -> Connection:
+        """The connection for *stream*; *initial*: what was read after a PROXY header.
+
+        Raises:
+          OSError: the socket is unusable (the client is already gone).
+        """
         config: ConnectionConfig = self.config.connection
+        if peer is None:
+            peer = _peer_of(stream)
         tls = self.config.tls
         if self._ssl_context is not None and tls is not None:
-            # The bytes after the header are the start of the TLS handshake.
             return TLSConnection(
                 stream,
                 self._ssl_context,
                 config,
                 peer=peer,
                 handshake_timeout=tls.handshake_timeout,
+                on_close=self._connection_closed,
+                # The bytes after a PROXY header are the start of the TLS handshake.
                 received=initial,
             )
         conn: Connection
@@ -325,9 +353,11 @@ class EchoServer:
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
             sock.setblocking(False)
-            conn = SocketConnection(sock, config, peer=peer, buffer=self._buffer)
+            conn = SocketConnection(
+                sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
+            )
         else:
-            conn = StreamConnection(stream, config, peer=peer)
+            conn = StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
         conn.initial = initial
         return conn
 
