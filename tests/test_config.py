@@ -25,7 +25,18 @@ def test_defaults() -> None:
         "max_message": 65536,
         "idle_timeout": 300.0,
         "drain_timeout": 2.0,
+        "faults": {
+            "latency": 0.0,
+            "jitter": 0.0,
+            "fragment": None,
+            "fragment_delay": 0.0,
+            "bandwidth": None,
+            "stall_after": None,
+            "reset_after": None,
+            "seed": None,
+        },
     }
+    assert not config.connection.faults.enabled
 
 
 @pytest.mark.parametrize(

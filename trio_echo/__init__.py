@@ -5,7 +5,7 @@ Run it from the shell (``trio-echo --rounds 3``) or embed it::
     server = await nursery.start(trio_echo.serve, trio_echo.ServerConfig())
 """
 
-from ._config import ConnectionConfig, Framing, ListenerConfig, ServerConfig
+from ._config import ConnectionConfig, Faults, Framing, ListenerConfig, ServerConfig
 from ._protocol import EchoProtocol
 from ._server import EchoServer, serve
 from ._stats import ServerStatistics
@@ -15,6 +15,7 @@ __all__ = [
     "ConnectionConfig",
     "EchoProtocol",
     "EchoServer",
+    "Faults",
     "Framing",
     "ListenerConfig",
     "ServerConfig",

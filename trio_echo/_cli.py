@@ -6,15 +6,16 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import NoReturn, TypeVar
 
 import trio
 
 from . import __version__
-from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig
+from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig
 from ._server import EchoServer, serve
 from ._stats import ServerStatistics
+from ._units import parse_duration, parse_rate, parse_size
 
 __all__ = ["main"]
 
@@ -27,6 +28,28 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+
+
+T = TypeVar("T")
+
+
+def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """An argparse ``type`` whose errors carry *parse*'s message (argparse
+    would otherwise print only ``invalid <function name> value``)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+DURATION = _typed(parse_duration, "duration")
+SIZE = _typed(parse_size, "size")
+RATE = _typed(parse_rate, "rate")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,9 +118,69 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults_l.grace,
         help="on shutdown, time allowed to finish echoes in progress (default: %(default)s)",
     )
+    _add_fault_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+    faults = parser.add_argument_group(
+        "faults",
+        "misbehave on purpose, to test clients (all off by default). "
+        "Durations take ms or s (50ms, 1.5s); sizes take B, KiB, MiB or GiB (64KiB).",
+    )
+    add = faults.add_argument
+    add("--latency", type=DURATION, metavar="DURATION", default=0.0, help="delay each echo")
+    add(
+        "--jitter",
+        type=DURATION,
+        metavar="DURATION",
+        default=0.0,
+        help="vary each delay uniformly by up to +/- this (at most --latency)",
+    )
+    add(
+        "--fragment",
+        type=SIZE,
+        metavar="SIZE",
+        default=None,
+        help="write each echo in pieces of at most SIZE bytes, one send each",
+    )
+    add(
+        "--fragment-delay",
+        type=DURATION,
+        metavar="DURATION",
+        default=0.0,
+        help="wait this long between the pieces of an echo (needs --fragment)",
+    )
+    add(
+        "--bandwidth",
+        type=RATE,
+        metavar="RATE",
+        default=None,
+        help="pace each connection's echoes to RATE bytes per second (64KiB or 64KiB/s)",
+    )
+    add(
+        "--stall-after",
+        type=SIZE,
+        metavar="SIZE",
+        default=None,
+        help="after echoing SIZE bytes, stop reading and writing until the idle timeout",
+    )
+    add(
+        "--reset-after",
+        type=SIZE,
+        metavar="SIZE",
+        default=None,
+        help="after echoing SIZE bytes, abort the connection with a TCP reset",
+    )
+    add(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=None,
+        help="seed for --jitter, to replay a run (default: drawn at start and logged)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -117,6 +200,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             framing=args.framing,
             max_message=args.max_message,
             idle_timeout=idle,
+            faults=Faults(
+                latency=args.latency,
+                jitter=args.jitter,
+                fragment=args.fragment,
+                fragment_delay=args.fragment_delay,
+                bandwidth=args.bandwidth,
+                stall_after=args.stall_after,
+                reset_after=args.reset_after,
+                seed=args.seed,
+            ),
         ),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import socket
 from typing import Final
 
@@ -12,6 +13,7 @@ import trio
 
 from ._config import ConnectionConfig, ServerConfig
 from ._connection import Connection, SocketConnection, StreamConnection, format_peer
+from ._faults import FaultInjector, FaultySocketConnection, FaultyStreamConnection, describe
 from ._stats import ServerStatistics, Tally
 
 __all__ = ["EchoServer", "serve"]
@@ -54,6 +56,13 @@ class EchoServer:
         self._stopped = trio.Event()
         self._stopping = False
         self._last_warning = -float("inf")
+        faults = config.connection.faults
+        self._faults_on = faults.enabled
+        # Drawn once per server, and logged, so that a run without a seed can
+        # be replayed with --seed.
+        self._fault_seed = faults.seed
+        if self._fault_seed is None and faults.jitter:
+            self._fault_seed = random.SystemRandom().randrange(2**32)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -97,6 +106,9 @@ class EchoServer:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
                     for host, port in self.addresses:
                         LOGGER.info("listening on %s", format_peer((host, port)))
+                    if self._faults_on:
+                        faults = describe(self.config.connection.faults, seed=self._fault_seed)
+                        LOGGER.info("faults on: %s", faults)
                     task_status.started(self)
                     await self._stop_requested.wait()
                     acceptors.cancel_scope.cancel()
@@ -170,13 +182,14 @@ class EchoServer:
             self._tally.record_close(conn, reason)
             self._slots.release()
             LOGGER.info(
-                "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
+                "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s%s",
                 conn.peer,
                 conn.rounds,
                 conn.bytes_in,
                 conn.bytes_out,
                 trio.current_time() - started,
                 reason,
+                _fault_summary(conn),
             )
 
     def _connection_for(self, stream: trio.SocketStream) -> Connection:
@@ -189,7 +202,20 @@ class EchoServer:
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
             sock.setblocking(False)
+            if self._faults_on:
+                return FaultySocketConnection(
+                    sock,
+                    config,
+                    peer=peer,
+                    buffer=self._buffer,
+                    seed=self._fault_seed,
+                    events=self._tally.faults,
+                )
             return SocketConnection(sock, config, peer=peer, buffer=self._buffer)
+        if self._faults_on:
+            return FaultyStreamConnection(
+                stream, config, peer=peer, seed=self._fault_seed, events=self._tally.faults
+            )
         return StreamConnection(stream, config, peer=peer)
 
     def _warn(self, message: str, *args: object) -> None:
@@ -197,6 +223,14 @@ class EchoServer:
         if now - self._last_warning >= WARNING_INTERVAL:
             self._last_warning = now
             LOGGER.warning(message, *args)
+
+
+def _fault_summary(conn: Connection) -> str:
+    """`` faults=latency:3,fragment:120`` for the close line of a connection with faults."""
+    if not isinstance(conn, FaultInjector):
+        return ""
+    events = ",".join(f"{name}:{count}" for name, count in sorted(conn.fault_events.items()))
+    return f" faults={events or 'none'}"
 
 
 async def serve(
