@@ -304,7 +304,8 @@ async def test_stall_after_echoes_exactly_that_many_bytes_then_nothing(
     await client.send_all(b"more")
     await assert_nothing_arrives(client, 30)
     stats = server.statistics()
-    assert (stats.bytes_in, stats.bytes_out, stats.rounds) == (bytes_in, stall_after, 0)
+    whole = stall_after == len(first)  # the message was echoed in full: one round
+    assert (stats.bytes_in, stats.bytes_out, stats.rounds) == (bytes_in, stall_after, whole)
     assert stats.active == 1
     # The idle timeout ends the stall with a clean close, not a reset.
     with trio.fail_after(100):
@@ -316,18 +317,44 @@ async def test_stall_after_echoes_exactly_that_many_bytes_then_nothing(
     assert stats.faults == {"stall": 1}
 
 
+@pytest.mark.parametrize(
+    ("stall_after", "echoed", "rounds"),
+    [(2, b"ab", 0), (3, b"ab\n", 1), (4, b"ab\nc", 1), (6, b"ab\ncd\n", 2)],
+)
 async def test_stall_counts_bytes_across_messages_and_only_whole_rounds(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    start_server: StartServer,
+    connect: Connect,
+    stall_after: int,
+    echoed: bytes,
+    rounds: int,
 ) -> None:
-    server = await start_server(faults=Faults(stall_after=4), framing="line", idle_timeout=10)
+    server = await start_server(
+        faults=Faults(stall_after=stall_after), framing="line", idle_timeout=10
+    )
     client = await connect(server)
-    await client.send_all(b"ab\n")
-    assert await receive_exactly(client, 3) == b"ab\n"
-    await client.send_all(b"cd\nef\n")
-    assert await receive_exactly(client, 1) == b"c"
+    for line in (b"ab\n", b"cd\n", b"ef\n"):
+        await client.send_all(line)
+        await trio.sleep(1)  # one message per receive
+    assert await receive_exactly(client, len(echoed)) == echoed
     await assert_nothing_arrives(client, 5)
     stats = server.statistics()
-    assert (stats.rounds, stats.bytes_out) == (1, 4)
+    assert (stats.rounds, stats.bytes_out) == (rounds, len(echoed))
+
+
+async def test_latency_longer_than_the_idle_timeout_is_not_idleness(
+    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(faults=Faults(latency=30), idle_timeout=10)
+    client = await connect(server)
+    await client.send_all(b"slow")
+    assert await receive_exactly(client, 4, limit=60) == b"slow"
+    # The idle timeout counts from the end of the delay.
+    start = trio.current_time()
+    assert await client.receive_some() == b""
+    assert 10 <= trio.current_time() - start <= 10.5
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"idle": 1}
 
 
 async def test_shutdown_ends_a_stall_at_once_even_without_idle_timeout(

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from trio_echo import EchoServer, ServerStatistics, serve
 
@@ -274,3 +275,26 @@ async def test_bind_error_raises_oserror(start_server: StartServer) -> None:
     server = await start_server()
     with pytest.raises(OSError, match="in use"):
         await start_server(port=server.port)
+
+
+@pytest.mark.parametrize("talk_first", [False, True])
+async def test_idle_timeout_closes_a_silent_connection_cleanly(
+    autojump_clock: trio.testing.MockClock,
+    connect: Connect,
+    start_server: StartServer,
+    talk_first: bool,
+) -> None:
+    server = await start_server(idle_timeout=10)
+    client = await connect(server)
+    start = trio.current_time()
+    if talk_first:
+        await trio.sleep(5)
+        await client.send_all(b"hi")
+        assert await receive_exactly(client, 2) == b"hi"
+    assert await receive_until_eof(client, limit=100) == b""
+    # Between 1 and 1.05 times the timeout after the last progress.
+    elapsed = trio.current_time() - start - (5 if talk_first else 0)
+    assert 10 <= elapsed <= 10.5
+    await client.aclose()
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"idle": 1}

@@ -123,8 +123,10 @@ class Connection:
 
     async def _echo_then_close(self) -> str:
         protocol = self._protocol
+        if self._idle is not None:
+            # The first idle deadline: _arm_idle() only ever moves a finite one.
+            self._scope.deadline = trio.current_time() + self._idle
         with self._scope:
-            self._arm_idle()
             await self._echo_loop(protocol)
         reason = protocol.reason
         if reason is None:

@@ -94,6 +94,7 @@ class FaultPlan:
         """
         if not self._jitter:
             return self._latency
+        # jitter <= latency (validated); max() only absorbs float rounding.
         return max(0.0, self._latency + self._rng.uniform(-self._jitter, self._jitter))
 
     def allow(self, size: int) -> int:
@@ -125,11 +126,12 @@ class FaultInjector(Connection):
     call :meth:`_init_faults` from ``__init__``.
 
     Latency and pacing delays happen while the connection is busy echoing, so
-    a graceful stop lets them finish (within the server's grace) and the idle
-    timeout counts them as progress.  A stall waits like an idle connection:
-    a stop ends it at once, the idle timeout ends it with a clean close.  A
-    reset first waits until the kernel has transmitted every byte written, so
-    the client reads exactly the bytes before the count, then the reset.
+    a graceful stop lets them finish (within the server's grace), and the idle
+    timeout counts from the end of each delay, never during it.  A stall
+    waits like an idle connection: a stop ends it at once, the idle timeout
+    ends it with a clean close.  A reset first waits until the kernel has
+    transmitted every byte written, so the client reads exactly the bytes
+    before the count, then the reset.
     """
 
     def _init_faults(self, faults: Faults, *, seed: int | None, events: Counter[str]) -> None:
@@ -172,8 +174,11 @@ class FaultInjector(Connection):
         else:
             await self._send_pieces(echo[:allowed])
         if plan.halted:
-            # _send() counts the echo only once it is sent in full.
+            # _send() would have counted the echo after this returned; the halt
+            # skips it, so count what went out here.
             self.bytes_out += allowed
+            if allowed == len(echo):
+                self.rounds = self._protocol.rounds
             raise _Halt
 
     async def _send_pieces(self, echo: memoryview) -> None:
@@ -202,8 +207,11 @@ class FaultInjector(Connection):
         await self._sleep_until(trio.current_time() + seconds)
 
     async def _sleep_until(self, deadline: float) -> None:
-        # Sending was progress: the idle timeout counts from here.
-        self._arm_idle()
+        # An injected delay is the server's doing, not the client's idleness:
+        # the idle timeout counts from its end.
+        idle = self._config.idle_timeout
+        if idle is not None and deadline + idle > self._scope.deadline:
+            self._scope.deadline = deadline + idle
         await trio.sleep_until(deadline)
 
     # ---- the halt ----
