@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +21,11 @@ import trio.testing
 
 from trio_echo import ConnectionConfig, EchoServer, Faults, serve
 from trio_echo._faults import FaultPlan, FaultyStreamConnection
+from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, StartServer, make_config, receive_exactly, wait_until
+from .conftest import Connect, make_config, receive_exactly, wait_until
+
+README = Path(__file__).parent.parent / "README.md"
 
 
 async def receive_chunks(stream: trio.abc.ReceiveStream, n: int) -> list[bytes]:
@@ -69,10 +74,12 @@ async def assert_reset(stream: trio.SocketStream) -> None:
 
 
 async def test_latency_outlasts_a_client_read_timeout_in_virtual_time(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
 ) -> None:
     wall_start = time.perf_counter()
-    server = await start_server(faults=Faults(latency=30))
+    server = await echo_server_factory(faults=Faults(latency=30))
     client = await connect(server)
     await client.send_all(b"ping")
     sent_at = trio.current_time()
@@ -101,13 +108,15 @@ async def echo_delays(server: EchoServer, connect: Connect, count: int) -> list[
 
 
 async def test_same_seed_same_jitter_sequence(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
 ) -> None:
     faults = Faults(latency=1.0, jitter=0.5, seed=7)
-    first = await echo_delays(await start_server(faults=faults), connect, 20)
-    again = await echo_delays(await start_server(faults=faults), connect, 20)
+    first = await echo_delays(await echo_server_factory(faults=faults), connect, 20)
+    again = await echo_delays(await echo_server_factory(faults=faults), connect, 20)
     other = await echo_delays(
-        await start_server(faults=Faults(latency=1.0, jitter=0.5, seed=8)), connect, 20
+        await echo_server_factory(faults=Faults(latency=1.0, jitter=0.5, seed=8)), connect, 20
     )
     assert again == pytest.approx(first, abs=1e-9)
     assert other != pytest.approx(first, abs=1e-3)
@@ -128,11 +137,13 @@ def test_fault_plan_delays_replay_for_a_seed() -> None:
 
 
 async def test_latency_keeps_concurrent_echoes_byte_exact(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
 ) -> None:
     # Connections share one receive buffer: an echo waiting out its latency
     # must not be overwritten by another connection's next read.
-    server = await start_server(faults=Faults(latency=0.010, jitter=0.005, seed=3))
+    server = await echo_server_factory(faults=Faults(latency=0.010, jitter=0.005, seed=3))
     rng = random.Random(5)
     payloads = [rng.randbytes(50_000) for _ in range(4)]
 
@@ -156,9 +167,11 @@ async def test_latency_keeps_concurrent_echoes_byte_exact(
 
 
 async def test_fragment_one_writes_one_byte_per_send_seen_as_many_receives(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
 ) -> None:
-    server = await start_server(faults=Faults(fragment=1, fragment_delay=0.001))
+    server = await echo_server_factory(faults=Faults(fragment=1, fragment_delay=0.001))
     client = await connect(server)  # trio sets TCP_NODELAY on both ends
     message = bytes(range(200))
     await client.send_all(message)
@@ -249,11 +262,11 @@ async def test_fragment_delay_spaces_the_pieces(
 @pytest.mark.parametrize("bandwidth", [256 * 1024, 1_000_000])
 async def test_bandwidth_paces_a_mebibyte_to_the_rate(
     autojump_clock: trio.testing.MockClock,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
     connect: Connect,
     bandwidth: int,
 ) -> None:
-    server = await start_server(faults=Faults(bandwidth=bandwidth))
+    server = await echo_server_factory(faults=Faults(bandwidth=bandwidth))
     client = await connect(server)
     payload = random.Random(2).randbytes(1 << 20)
     start = trio.current_time()
@@ -268,9 +281,11 @@ async def test_bandwidth_paces_a_mebibyte_to_the_rate(
 
 
 async def test_bandwidth_grants_no_burst_after_an_idle_spell(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
 ) -> None:
-    server = await start_server(faults=Faults(bandwidth=1000))
+    server = await echo_server_factory(faults=Faults(bandwidth=1000))
     client = await connect(server)
     for _ in range(2):
         start = trio.current_time()
@@ -287,11 +302,11 @@ async def test_bandwidth_grants_no_burst_after_an_idle_spell(
 @pytest.mark.parametrize("stall_after", [0, 1000, 3000])
 async def test_stall_after_echoes_exactly_that_many_bytes_then_nothing(
     autojump_clock: trio.testing.MockClock,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
     connect: Connect,
     stall_after: int,
 ) -> None:
-    server = await start_server(faults=Faults(stall_after=stall_after), idle_timeout=100)
+    server = await echo_server_factory(faults=Faults(stall_after=stall_after), idle_timeout=100)
     client = await connect(server)
     first = bytes(range(250)) * 12  # 3000 bytes, one message
     await client.send_all(first)
@@ -323,13 +338,13 @@ async def test_stall_after_echoes_exactly_that_many_bytes_then_nothing(
 )
 async def test_stall_counts_bytes_across_messages_and_only_whole_rounds(
     autojump_clock: trio.testing.MockClock,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
     connect: Connect,
     stall_after: int,
     echoed: bytes,
     rounds: int,
 ) -> None:
-    server = await start_server(
+    server = await echo_server_factory(
         faults=Faults(stall_after=stall_after), framing="line", idle_timeout=10
     )
     client = await connect(server)
@@ -343,9 +358,11 @@ async def test_stall_counts_bytes_across_messages_and_only_whole_rounds(
 
 
 async def test_latency_longer_than_the_idle_timeout_is_not_idleness(
-    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
 ) -> None:
-    server = await start_server(faults=Faults(latency=30), idle_timeout=10)
+    server = await echo_server_factory(faults=Faults(latency=30), idle_timeout=10)
     client = await connect(server)
     await client.send_all(b"slow")
     assert await receive_exactly(client, 4, limit=60) == b"slow"
@@ -380,9 +397,9 @@ async def test_shutdown_ends_a_stall_at_once_even_without_idle_timeout(
 
 @pytest.mark.parametrize("reset_after", [0, 1000, 3000])
 async def test_reset_after_echoes_exactly_that_many_bytes_then_resets(
-    start_server: StartServer, connect: Connect, reset_after: int
+    echo_server_factory: EchoServerFactory, connect: Connect, reset_after: int
 ) -> None:
-    server = await start_server(faults=Faults(reset_after=reset_after))
+    server = await echo_server_factory(faults=Faults(reset_after=reset_after))
     client = await connect(server)
     first = bytes(range(250)) * 12
     cause: BaseException | None = None
@@ -406,12 +423,12 @@ async def test_reset_after_echoes_exactly_that_many_bytes_then_resets(
 
 
 async def test_reset_mid_stream_loses_no_byte_before_the_count(
-    start_server: StartServer, connect: Connect
+    echo_server_factory: EchoServerFactory, connect: Connect
 ) -> None:
     # The client reads slowly, so when the count is reached most of the echo
     # still sits in the server's send buffer: it must reach the client before the reset.
     reset_after = (1 << 20) - 7
-    server = await start_server(faults=Faults(reset_after=reset_after))
+    server = await echo_server_factory(faults=Faults(reset_after=reset_after))
     client = await connect(server)
     # The kernel reports a reset once, to the next send or receive: sending no
     # more than the server reads before the count keeps it for the receive.
@@ -424,9 +441,9 @@ async def test_reset_mid_stream_loses_no_byte_before_the_count(
 
 
 async def test_stall_and_reset_first_count_wins(
-    start_server: StartServer, connect: Connect
+    echo_server_factory: EchoServerFactory, connect: Connect
 ) -> None:
-    server = await start_server(faults=Faults(stall_after=10, reset_after=5))
+    server = await echo_server_factory(faults=Faults(stall_after=10, reset_after=5))
     client = await connect(server)
     await client.send_all(b"0123456789abcdef")
     assert await receive_exactly(client, 5) == b"01234"
@@ -458,15 +475,47 @@ async def test_reset_over_a_memory_stream_just_closes() -> None:
     assert stream.closed
 
 
+# ---- the README's example, through the pytest plugin's factory ----
+
+
+def readme_example() -> str:
+    """The Python block of the README section on misbehaving servers."""
+    text = README.read_text()
+    section = text.split("## Testing your client against a misbehaving server", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    assert match is not None
+    return match.group(1)
+
+
+def test_readme_example_runs_against_the_factory(pytester: pytest.Pytester) -> None:
+    example = readme_example()
+    assert "echo_server_factory(latency=30)" in example
+    pytester.makepyfile(test_my_client_faults=example)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=5)
+
+
+async def test_factory_keywords_reach_the_faults(
+    echo_server_factory: EchoServerFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await echo_server_factory(latency=2, jitter=1, seed=7, reset_after=3)
+    assert server.config.connection.faults == Faults(latency=2, jitter=1, seed=7, reset_after=3)
+    client = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with client:
+        await client.send_all(b"hello")
+        assert await receive_exactly(client, 3) == b"hel"
+        await assert_reset(client)
+
+
 # ---- all off ----
 
 
 async def test_no_fault_layer_when_every_fault_is_off(
-    start_server: StartServer, connect: Connect
+    echo_server_factory: EchoServerFactory, connect: Connect
 ) -> None:
     from trio_echo._connection import SocketConnection
 
-    server = await start_server(faults=Faults(seed=7))
+    server = await echo_server_factory(faults=Faults(seed=7))
     client = await connect(server)
     await client.send_all(b"x")
     await receive_exactly(client, 1)

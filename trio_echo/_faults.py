@@ -3,16 +3,19 @@
 :class:`FaultPlan` decides, without I/O, what each echo suffers: the delay
 before it, the size of its pieces, and how many of its bytes may go out before
 the connection halts.  :class:`FaultInjector` carries that out on the send
-side of a connection, overriding ``_send_all`` only; the server builds a
-:class:`FaultySocketConnection` or :class:`FaultyStreamConnection` instead of
-the plain classes when :attr:`Faults.enabled`, so with every fault off the
-echo loop runs exactly as it would without this module.
+side of a connection (``_send_now`` sends nothing, so every echo goes through
+its ``_send_all``) and ends a halted connection; the server builds a
+:class:`FaultySocketConnection`, :class:`FaultyStreamConnection` or
+:class:`FaultyTLSConnection` instead of the plain classes when
+:attr:`Faults.enabled`, so with every fault off the echo loop runs exactly as
+it would without this module.
 """
 
 from __future__ import annotations
 
 import random
 import socket
+import ssl
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,6 +27,7 @@ import trio
 from ._config import ConnectionConfig, Faults
 from ._connection import Connection, SocketConnection, StreamConnection
 from ._protocol import Data
+from ._tls import TLSConnection
 
 __all__ = [
     "RESET_INJECTED",
@@ -32,6 +36,7 @@ __all__ = [
     "FaultPlan",
     "FaultySocketConnection",
     "FaultyStreamConnection",
+    "FaultyTLSConnection",
     "describe",
 ]
 
@@ -123,7 +128,8 @@ class _Halt(Exception):
 class FaultInjector(Connection):
     """The send side of a connection, with faults.  A mixin: put it before
     :class:`SocketConnection` or :class:`StreamConnection` in the bases, and
-    call :meth:`_init_faults` from ``__init__``.
+    call :meth:`_init_faults` from ``__init__``.  It has a ``__dict__``
+    (the connection classes use slots): faulty connections are few.
 
     Latency and pacing delays happen while the connection is busy echoing, so
     a graceful stop lets them finish (within the server's grace), and the idle
@@ -157,6 +163,10 @@ class FaultInjector(Connection):
         raise NotImplementedError
 
     # ---- the send side ----
+
+    def _send_now(self, data: Data) -> int:
+        # Nothing goes out without the faults: the loop then calls _send_all.
+        return 0
 
     async def _send_all(self, data: Data) -> None:
         plan = self._plan
@@ -260,10 +270,11 @@ class FaultySocketConnection(FaultInjector, SocketConnection):
         *,
         peer: str,
         buffer: memoryview,
+        on_close: Callable[[Connection], None] | None = None,
         seed: int | None,
         events: Counter[str],
     ) -> None:
-        super().__init__(sock, config, peer=peer, buffer=buffer)
+        super().__init__(sock, config, peer=peer, buffer=buffer, on_close=on_close)
         self._init_faults(config.faults, seed=seed, events=events)
 
     async def _wait_transmitted(self) -> None:
@@ -284,10 +295,11 @@ class FaultyStreamConnection(FaultInjector, StreamConnection):
         config: ConnectionConfig,
         *,
         peer: str,
+        on_close: Callable[[Connection], None] | None = None,
         seed: int | None,
         events: Counter[str],
     ) -> None:
-        super().__init__(stream, config, peer=peer)
+        super().__init__(stream, config, peer=peer, on_close=on_close)
         self._init_faults(config.faults, seed=seed, events=events)
 
     async def _wait_transmitted(self) -> None:
@@ -301,6 +313,40 @@ class FaultyStreamConnection(FaultInjector, StreamConnection):
         sock = _socket_under(self._stream)
         if sock is not None:
             _linger_zero(sock)
+
+
+class FaultyTLSConnection(FaultInjector, TLSConnection):
+    """A :class:`TLSConnection` with faults, acting on the plaintext echo.
+    Counts of ``0`` act before the handshake."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        context: ssl.SSLContext,
+        config: ConnectionConfig,
+        *,
+        peer: str,
+        handshake_timeout: float,
+        on_close: Callable[[Connection], None] | None = None,
+        seed: int | None,
+        events: Counter[str],
+    ) -> None:
+        super().__init__(
+            stream,
+            context,
+            config,
+            peer=peer,
+            handshake_timeout=handshake_timeout,
+            on_close=on_close,
+        )
+        self._raw_socket = stream.socket
+        self._init_faults(config.faults, seed=seed, events=events)
+
+    async def _wait_transmitted(self) -> None:
+        await _wait_transmitted(self._raw_socket)
+
+    def _abort(self) -> None:
+        _linger_zero(self._raw_socket)
 
 
 def _socket_under(stream: object) -> trio.socket.SocketType | None:

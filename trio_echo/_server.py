@@ -7,14 +7,23 @@ import logging
 import os
 import random
 import socket
+import ssl
 from typing import Final
 
 import trio
 
 from ._config import ConnectionConfig, ServerConfig
 from ._connection import Connection, SocketConnection, StreamConnection, format_peer
-from ._faults import FaultInjector, FaultySocketConnection, FaultyStreamConnection, describe
+from ._faults import (
+    FaultInjector,
+    FaultySocketConnection,
+    FaultyStreamConnection,
+    FaultyTLSConnection,
+    describe,
+)
+from ._logs import event
 from ._stats import ServerStatistics, Tally
+from ._tls import TLSConnection, server_context
 
 __all__ = ["EchoServer", "serve"]
 
@@ -37,12 +46,22 @@ WARNING_INTERVAL: Final = 10.0
 class EchoServer:
     """A running echo server: what ``await nursery.start(serve, config)`` returns.
 
-    The handle is live: :meth:`statistics` reads the counters at the moment
-    it is called, and :meth:`shutdown` stops the server gracefully.
+    Do not construct it yourself; :func:`serve` does.  The handle is live:
+    :meth:`statistics` reads the counters at the moment it is called, and
+    :meth:`shutdown` stops the server gracefully.  It stays usable after the
+    server has stopped (``addresses``, ``port`` and ``statistics()`` keep
+    their last values; ``shutdown()`` returns at once).
     """
 
-    def __init__(self, config: ServerConfig, listeners: list[trio.SocketListener]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        listeners: list[trio.SocketListener],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
+        self._ssl_context = ssl_context
         self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
         # Read once: the listeners are closed at shutdown, the handle outlives them.
         names = [listener.socket.getsockname() for listener in listeners]
@@ -75,15 +94,26 @@ class EchoServer:
         return self.addresses[0][1]
 
     def statistics(self) -> ServerStatistics:
-        """A frozen snapshot of the server's counters, open connections included."""
+        """A frozen snapshot of the server's counters, open connections included.
+
+        Synchronous and cheap (it walks the open connections); never raises.
+        """
         return self._tally.snapshot(self._active)
 
     def request_shutdown(self) -> None:
-        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it."""
+        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
+
+        Synchronous, idempotent, never raises; safe to call from any task
+        of the server's trio run (e.g. a signal handler task).
+        """
         self._stop_requested.set()
 
     async def wait_stopped(self) -> None:
-        """Wait until :func:`serve` has closed every listener and connection."""
+        """Wait until :func:`serve` has closed every listener and connection.
+
+        Cancellation:
+          Cancelling the wait does not affect the server.
+        """
         await self._stopped.wait()
 
     async def shutdown(self) -> None:
@@ -94,6 +124,10 @@ class EchoServer:
         then echoes any byte already read, half-closes and closes cleanly.
         Connections still open after ``grace`` seconds are cancelled.  Calling
         it again, or after the server has stopped, just waits.
+
+        Cancellation:
+          Cancelling the caller's wait does not undo the shutdown: once
+          called, the server stops regardless.  Never raises otherwise.
         """
         self._stop_requested.set()
         await self._stopped.wait()
@@ -105,10 +139,16 @@ class EchoServer:
                     for listener in self.listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
                     for host, port in self.addresses:
-                        LOGGER.info("listening on %s", format_peer((host, port)))
+                        LOGGER.info(
+                            "listening on %s",
+                            format_peer((host, port)),
+                            extra=event(
+                                "start", host=host, port=port, tls=self.config.tls is not None
+                            ),
+                        )
                     if self._faults_on:
                         faults = describe(self.config.connection.faults, seed=self._fault_seed)
-                        LOGGER.info("faults on: %s", faults)
+                        LOGGER.info("faults on: %s", faults, extra=event("faults", faults=faults))
                     task_status.started(self)
                     await self._stop_requested.wait()
                     acceptors.cancel_scope.cancel()
@@ -121,7 +161,12 @@ class EchoServer:
 
     def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
         grace = self.config.listener.grace
-        LOGGER.info("shutting down: %d connection(s) open, %s s grace", len(self._active), grace)
+        LOGGER.info(
+            "shutting down: %d connection(s) open, %s s grace",
+            len(self._active),
+            grace,
+            extra=event("stopping", active=len(self._active), grace=grace),
+        )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
         for conn in list(self._active):
@@ -164,33 +209,53 @@ class EchoServer:
                 slots.release()
                 raise
             else:
-                self._tally.accepted += 1
-                handlers.start_soon(self._handle, stream)
+                self._start_connection(stream, handlers)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        started = trio.current_time()
-        conn = self._connection_for(stream)
+    def _start_connection(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
+        # The connection's own serve() is the task's root coroutine: no wrapper
+        # frame per connection; the bookkeeping runs in _connection_closed.
+        try:
+            conn = self._connection_for(stream)
+        except OSError as exc:
+            # The client is already gone (or the descriptor unusable): nothing to serve.
+            LOGGER.debug("dropping a connection that failed on setup: %s", exc)
+            stream.socket.close()
+            self._tally.accept_errors += 1
+            self._slots.release()
+            return
+        self._tally.accepted += 1
         self._active.add(conn)
         if self._stopping:
             conn.stop()
-        reason = "error"
-        try:
-            reason = await conn.serve()
-        finally:
-            reason = conn.reason or reason
-            self._active.discard(conn)
-            self._tally.record_close(conn, reason)
-            self._slots.release()
-            LOGGER.info(
-                "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s%s",
-                conn.peer,
-                conn.rounds,
-                conn.bytes_in,
-                conn.bytes_out,
-                trio.current_time() - started,
-                reason,
-                _fault_summary(conn),
-            )
+        handlers.start_soon(conn.serve)
+
+    def _connection_closed(self, conn: Connection) -> None:
+        reason = conn.reason or "error"
+        self._active.discard(conn)
+        self._tally.record_close(conn, reason)
+        self._slots.release()
+        duration = trio.current_time() - conn.started
+        faults = _fault_summary(conn)
+        LOGGER.info(
+            "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s%s",
+            conn.peer,
+            conn.rounds,
+            conn.bytes_in,
+            conn.bytes_out,
+            duration,
+            reason,
+            "" if faults is None else f" faults={faults}",
+            extra=event(
+                "close",
+                peer=conn.peer,
+                rounds=conn.rounds,
+                bytes_in=conn.bytes_in,
+                bytes_out=conn.bytes_out,
+                duration=round(duration, 6),
+                reason=reason,
+                **({} if faults is None else {"faults": faults}),
+            ),
+        )
 
     def _connection_for(self, stream: trio.SocketStream) -> Connection:
         config: ConnectionConfig = self.config.connection
@@ -198,6 +263,27 @@ class EchoServer:
             peer = format_peer(stream.socket.getpeername())
         except OSError:
             peer = "unknown peer"
+        tls = self.config.tls
+        if self._ssl_context is not None and tls is not None:
+            if self._faults_on:
+                return FaultyTLSConnection(
+                    stream,
+                    self._ssl_context,
+                    config,
+                    peer=peer,
+                    handshake_timeout=tls.handshake_timeout,
+                    on_close=self._connection_closed,
+                    seed=self._fault_seed,
+                    events=self._tally.faults,
+                )
+            return TLSConnection(
+                stream,
+                self._ssl_context,
+                config,
+                peer=peer,
+                handshake_timeout=tls.handshake_timeout,
+                on_close=self._connection_closed,
+            )
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
@@ -208,15 +294,23 @@ class EchoServer:
                     config,
                     peer=peer,
                     buffer=self._buffer,
+                    on_close=self._connection_closed,
                     seed=self._fault_seed,
                     events=self._tally.faults,
                 )
-            return SocketConnection(sock, config, peer=peer, buffer=self._buffer)
+            return SocketConnection(
+                sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
+            )
         if self._faults_on:
             return FaultyStreamConnection(
-                stream, config, peer=peer, seed=self._fault_seed, events=self._tally.faults
+                stream,
+                config,
+                peer=peer,
+                on_close=self._connection_closed,
+                seed=self._fault_seed,
+                events=self._tally.faults,
             )
-        return StreamConnection(stream, config, peer=peer)
+        return StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
 
     def _warn(self, message: str, *args: object) -> None:
         now = trio.current_time()
@@ -225,12 +319,12 @@ class EchoServer:
             LOGGER.warning(message, *args)
 
 
-def _fault_summary(conn: Connection) -> str:
-    """`` faults=latency:3,fragment:120`` for the close line of a connection with faults."""
+def _fault_summary(conn: Connection) -> str | None:
+    """``latency:3,fragment:120`` for a connection with faults, else ``None``."""
     if not isinstance(conn, FaultInjector):
-        return ""
+        return None
     events = ",".join(f"{name}:{count}" for name, count in sorted(conn.fault_events.items()))
-    return f" faults={events or 'none'}"
+    return events or "none"
 
 
 async def serve(
@@ -240,10 +334,12 @@ async def serve(
 ) -> None:
     """Run an echo server until it is shut down or cancelled.
 
-    Binds ``config.listener.host``/``port`` (``port=0`` picks a free port;
-    ``host=None`` binds every address, possibly on different ports for IPv4
-    and IPv6 -- see :attr:`EchoServer.addresses`), logs ``listening on
-    HOST:PORT`` for each, and runs one task per connection.
+    With ``config.tls`` set, loads the certificate first and serves echo
+    over TLS (see :class:`TLSConfig`).  Binds ``config.listener.host``/``port``
+    (``port=0`` picks a free port; ``host=None`` binds every address,
+    possibly on different ports for IPv4 and IPv6 -- see
+    :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
+    and runs one task per connection.
 
     Usage::
 
@@ -261,12 +357,16 @@ async def serve(
 
     Error handling:
       Binding errors (address in use, permission denied, unknown host) raise
-      :exc:`OSError` before the server starts.  A connection's errors end only
-      that connection, with a close reason.  ``accept()`` running out of file
+      :exc:`OSError` before the server starts, and so do TLS files that are
+      missing or invalid (:exc:`ssl.SSLError` is an ``OSError``).  A
+      connection's errors end only that connection, with a close reason (a
+      TLS handshake that fails or does not finish within
+      ``tls.handshake_timeout``: ``tls-error``).  ``accept()`` running out of file
       descriptors or memory is logged and retried after 100 ms.
     """
+    context = None if config.tls is None else server_context(config.tls)
     listener_config = config.listener
     listeners = await trio.open_tcp_listeners(
         listener_config.port, host=listener_config.host, backlog=listener_config.backlog
     )
-    await EchoServer(config, listeners)._run(task_status)
+    await EchoServer(config, listeners, ssl_context=context)._run(task_status)
