@@ -19,7 +19,7 @@ import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import ClassVar, Final
 
 import trio
 
@@ -61,6 +61,10 @@ class Connection:
       half-closes and closes. Cancelling the task running :meth:`serve`
       closes the transport at once.
     """
+
+    #: Whether the server's side of the close handshake is still owed after
+    #: the client's EOF (TLS answers the client's close_notify).
+    HALF_CLOSE_AFTER_EOF: ClassVar[bool] = False
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
     __slots__ = (
@@ -150,16 +154,66 @@ class Connection:
             self._scope.cancel()
 
     async def serve(self) -> str:
-        """Echo until done, close, and return the close reason."""
+        """Echo until done, close, and return the close reason.
+
+        The echo loop is written out here rather than in methods of its own:
+        every coroutine level costs each waiting connection a suspended frame,
+        and a server may hold tens of thousands of them.
+        """
         reason = ERROR
         try:
-            reason = await self._echo_then_close()
+            early = await self._start()
+            if early is not None:
+                reason = early
+                return reason
+            protocol = self._protocol
+            if self._idle is not None:
+                self._scope.deadline = self._clock.current_time() + self._idle
+            try_receive = self._try_receive
+            wait_receivable = self._wait_receivable
+            with self._scope:
+                while True:
+                    data = try_receive()
+                    if data is None:
+                        if self._stopping:
+                            break
+                        self._arm_idle()
+                        self._receiving = True
+                        try:
+                            await wait_receivable()
+                        finally:
+                            self._receiving = False
+                        self._unyielded = 0
+                        continue
+                    out = self._take(data)
+                    if self._stopping:
+                        # stop() may have cancelled this scope just as the data
+                        # arrived; the echo is sent after it, bounded by the grace.
+                        self._unsent = bytes(out)
+                        break
+                    if out:
+                        sent = self._send_now(out)
+                        if sent != len(out):
+                            await self._send_all(memoryview(out)[sent:])
+                        self.bytes_out += len(out)
+                        self.rounds = protocol.rounds
+                    if protocol.reason is not None:
+                        break
+                    # Drop the views of the shared buffer before waiting again.
+                    data = out = _NOTHING
+                    self._unyielded += 1
+                    if self._unyielded >= MAX_UNYIELDED:
+                        # Busy without ever blocking: count it as progress, and
+                        # let the other connections run.
+                        self._unyielded = 0
+                        self._arm_idle()
+                        await trio.lowlevel.checkpoint()
+            reason = await self._finish()
         except trio.Cancelled:
             reason = SHUTDOWN if self._stopping else CANCELLED
             raise
         except (trio.BrokenResourceError, ConnectionError) as exc:
-            reason = RESET
-            LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
+            reason = self._broken(exc)
         except OSError as exc:
             LOGGER.warning("%s: closing after a socket error: %s", self.peer, exc)
         except Exception:
@@ -172,57 +226,21 @@ class Connection:
                 self._on_close(self)
         return reason
 
-    async def _echo_then_close(self) -> str:
+    async def _start(self) -> str | None:
+        """Anything to do before echoing (a TLS handshake); a close reason ends
+        the connection there."""
+        return None
+
+    def _take(self, data: Data) -> Data:
+        """Feed one chunk (``b""``: EOF) to the protocol; return what to echo."""
+        if data:
+            self.bytes_in += len(data)
+            return self._protocol.receive_data(data)
+        return self._protocol.receive_eof()
+
+    async def _finish(self) -> str:
+        """After the echo loop: echo what a stop left over, decide the reason, close."""
         protocol = self._protocol
-        if self._idle is not None:
-            self._scope.deadline = self._clock.current_time() + self._idle
-        try_receive = self._try_receive
-        wait_receivable = self._wait_receivable
-        send_now = self._send_now
-        receive_data = protocol.receive_data
-        # The loop is inline rather than a method of its own: every coroutine
-        # level costs each waiting connection a suspended frame.
-        with self._scope:
-            while True:
-                data = try_receive()
-                if data is None:
-                    if self._stopping:
-                        break
-                    self._arm_idle()
-                    self._receiving = True
-                    try:
-                        await wait_receivable()
-                    finally:
-                        self._receiving = False
-                    self._unyielded = 0
-                    continue
-                if data:
-                    self.bytes_in += len(data)
-                    out = receive_data(data)
-                else:
-                    out = protocol.receive_eof()
-                if self._stopping:
-                    # stop() may have cancelled this scope just as the data
-                    # arrived; the echo is sent below, still bounded by the grace.
-                    self._unsent = bytes(out)
-                    break
-                if out:
-                    sent = send_now(out)
-                    if sent != len(out):
-                        await self._send_all(memoryview(out)[sent:])
-                    self.bytes_out += len(out)
-                    self.rounds = protocol.rounds
-                if protocol.reason is not None:
-                    break
-                # Drop the views of the shared buffer before waiting again.
-                data = out = _NOTHING
-                self._unyielded += 1
-                if self._unyielded >= MAX_UNYIELDED:
-                    # Busy without ever blocking: count it as progress, and let
-                    # the other connections run.
-                    self._unyielded = 0
-                    self._arm_idle()
-                    await trio.lowlevel.checkpoint()
         if self._stopping:
             await self._send(self._unsent)
             reason = protocol.reason
@@ -235,9 +253,14 @@ class Connection:
         else:
             reason = protocol.reason
             assert reason is not None
-        if reason != EOF:
+        if reason != EOF or self.HALF_CLOSE_AFTER_EOF:
             await self._half_close_and_drain()
         return reason
+
+    def _broken(self, exc: trio.BrokenResourceError | ConnectionError) -> str:
+        """The close reason for a transport that broke under the echo loop."""
+        LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
+        return RESET
 
     async def _half_close_and_drain(self) -> None:
         """Send EOF, then read and discard until the client's EOF, for a bounded time.
