@@ -13,13 +13,14 @@ it would without this module.
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 import ssl
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, NoReturn
 
 import attrs
 import trio
@@ -120,9 +121,14 @@ def _pacing_slice(bandwidth: int | None) -> int | None:
     return max(1, int(bandwidth * PACING_SLICE))
 
 
-class _Halt(Exception):
-    """Raised by the send side when the fault's byte count is reached; it
-    unwinds the echo loop and is handled by :meth:`FaultInjector._echo_then_close`."""
+class _Halted(ConnectionError):
+    """Ends a connection halted by a fault.  A :exc:`ConnectionError`, so that
+    :meth:`Connection.serve` hands it to :meth:`FaultInjector._broken`, which
+    turns it into its close reason; the transport is then closed as usual."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class FaultInjector(Connection):
@@ -184,12 +190,12 @@ class FaultInjector(Connection):
         else:
             await self._send_pieces(echo[:allowed])
         if plan.halted:
-            # _send() would have counted the echo after this returned; the halt
-            # skips it, so count what went out here.
+            # The loop counts an echo once it is sent; the halt never returns
+            # there, so count what went out here.
             self.bytes_out += allowed
             if allowed == len(echo):
                 self.rounds = self._protocol.rounds
-            raise _Halt
+            await self._halt()
 
     async def _send_pieces(self, echo: memoryview) -> None:
         piece_size = self._plan.piece_size
@@ -226,12 +232,18 @@ class FaultInjector(Connection):
 
     # ---- the halt ----
 
-    async def _echo_then_close(self) -> str:
-        if not self._plan.halted:
-            try:
-                return await super()._echo_then_close()
-            except _Halt:
-                pass
+    async def _start(self) -> str | None:
+        early = await super()._start()  # the TLS handshake, if any
+        if early is not None or not self._plan.halted:
+            return early
+        # A count of 0: halt before the first echo.
+        try:
+            await self._halt()
+        except _Halted as halted:
+            return halted.reason
+
+    async def _halt(self) -> NoReturn:
+        """Stall or reset, now that the count is reached; raise :exc:`_Halted`."""
         reason = self._plan.halt_reason
         assert reason is not None
         if reason == STALLED:
@@ -242,13 +254,15 @@ class FaultInjector(Connection):
             self._count(RESET)
             await self._wait_while_halted(self._wait_transmitted)
             self._abort()
-        return reason
+        raise _Halted(reason)
 
     async def _wait_while_halted(self, wait_for: Callable[[], Awaitable[None]]) -> None:
         """Run *wait_for* until done, the idle timeout, or a stop, whichever is first."""
         idle = self._config.idle_timeout
-        deadline = trio.current_time() + idle if idle is not None else float("inf")
-        # A new scope that stop() cancels at once, as it does a waiting receive.
+        deadline = trio.current_time() + idle if idle is not None else math.inf
+        # The echo loop's idle scope must not end the halt as "idle": a scope of
+        # its own times it, and stop() cancels it at once, as a waiting receive.
+        self._scope.deadline = math.inf
         self._scope = trio.CancelScope(deadline=deadline)
         if self._stopping:
             return
@@ -258,6 +272,11 @@ class FaultInjector(Connection):
                 await wait_for()
         finally:
             self._receiving = False
+
+    def _broken(self, exc: trio.BrokenResourceError | ConnectionError) -> str:
+        if isinstance(exc, _Halted):
+            return exc.reason
+        return super()._broken(exc)
 
 
 class FaultySocketConnection(FaultInjector, SocketConnection):
@@ -317,7 +336,7 @@ class FaultyStreamConnection(FaultInjector, StreamConnection):
 
 class FaultyTLSConnection(FaultInjector, TLSConnection):
     """A :class:`TLSConnection` with faults, acting on the plaintext echo.
-    Counts of ``0`` act before the handshake."""
+    Counts of ``0`` act right after the handshake."""
 
     def __init__(
         self,
