@@ -8,6 +8,7 @@ seconds cost microseconds of wall time and are measured exactly.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import re
 import time
@@ -23,7 +24,9 @@ from trio_echo import ConnectionConfig, EchoServer, Faults, serve
 from trio_echo._faults import FaultPlan, FaultyStreamConnection
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, make_config, receive_exactly, wait_until
+from .conftest import Connect, make_config, receive_exactly, receive_until_eof, wait_until
+from .test_tls import Certificates, open_tls
+from .test_tls import certificates as certificates
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -473,6 +476,78 @@ async def test_reset_over_a_memory_stream_just_closes() -> None:
     assert await conn.serve() == "reset-injected"
     assert stream.sends == [b"abcd"]
     assert stream.closed
+
+
+# ---- visible in the logs ----
+
+
+async def test_close_line_and_json_event_show_the_faults(
+    autojump_clock: trio.testing.MockClock,
+    echo_server_factory: EchoServerFactory,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    server = await echo_server_factory(faults=Faults(latency=1, jitter=0.5, fragment=2))
+    client = await connect(server)
+    await client.send_all(b"abcd")
+    assert await receive_exactly(client, 4) == b"abcd"
+    await client.send_eof()
+    await wait_until(lambda: server.statistics().closed == 1)
+    (start,) = [r for r in caplog.records if getattr(r, "event", None) == "faults"]
+    # No seed given: the server drew one, and says which.
+    assert re.fullmatch(r"faults on: latency=1 jitter=0.5 fragment=2 seed=\d+", start.getMessage())
+    (close,) = [r for r in caplog.records if getattr(r, "event", None) == "close"]
+    assert close.getMessage().endswith("reason=eof faults=fragment:2,latency:1")
+    assert close.fields["faults"] == "fragment:2,latency:1"  # type: ignore[attr-defined]
+    assert server.statistics().faults == {"fragment": 2, "latency": 1}
+
+
+# ---- over TLS: faults act on the plaintext echo ----
+
+
+async def test_tls_fragment_sends_each_piece_as_its_own_record(
+    autojump_clock: trio.testing.MockClock,
+    certificates: Certificates,
+    echo_server_factory: EchoServerFactory,
+) -> None:
+    server = await echo_server_factory(
+        tls=certificates.tls(), faults=Faults(fragment=3, fragment_delay=0.01)
+    )
+    async with await open_tls(server, certificates.client_context()) as client:
+        await client.send_all(b"abcdefgh")
+        assert await receive_chunks(client, 8) == [b"abc", b"def", b"gh"]
+
+
+async def test_tls_reset_after_the_count(
+    certificates: Certificates, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls(), faults=Faults(reset_after=4))
+    client = await open_tls(server, certificates.client_context())
+    await client.send_all(b"abcdefgh")
+    assert await receive_exactly(client, 4) == b"abcd"
+    with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+        await client.receive_some()
+    await trio.aclose_forcefully(client)
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"reset-injected": 1}
+
+
+async def test_tls_stall_from_the_start_follows_the_handshake(
+    autojump_clock: trio.testing.MockClock,
+    certificates: Certificates,
+    echo_server_factory: EchoServerFactory,
+) -> None:
+    server = await echo_server_factory(
+        tls=certificates.tls(), faults=Faults(stall_after=0), idle_timeout=20
+    )
+    async with await open_tls(server, certificates.client_context()) as client:
+        await client.send_all(b"hello")
+        await assert_nothing_arrives(client, 15)
+        # The idle timeout ends the stall with close_notify: a clean EOF.
+        assert await receive_until_eof(client, limit=60) == b""
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"stalled": 1}
 
 
 # ---- the README's example, through the pytest plugin's factory ----
