@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,8 @@ import trio
 
 from trio_echo import EchoServer, ListenerConfig, ServerConfig
 from trio_echo._config import replace_fields
+
+from .processes import LoggingProcess
 
 pytest_plugins = ["pytester"]
 
@@ -77,3 +79,22 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
         # asynchronously, and the server exposes no event per counter.
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.005)
+
+
+Spawn = Callable[..., LoggingProcess]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start LoggingProcesses (same arguments); those still running when the test
+    ends are killed by PID."""
+    started: list[LoggingProcess] = []
+
+    def start(*args: Any, **kwargs: Any) -> LoggingProcess:
+        process = LoggingProcess(*args, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -347,6 +347,7 @@ class FaultyTLSConnection(FaultInjector, TLSConnection):
         peer: str,
         handshake_timeout: float,
         on_close: Callable[[Connection], None] | None = None,
+        received: bytes = b"",
         seed: int | None,
         events: Counter[str],
     ) -> None:
@@ -357,6 +358,7 @@ class FaultyTLSConnection(FaultInjector, TLSConnection):
             peer=peer,
             handshake_timeout=handshake_timeout,
             on_close=on_close,
+            received=received,
         )
         self._raw_socket = stream.socket
         self._init_faults(config.faults, seed=seed, events=events)
