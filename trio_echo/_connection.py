@@ -123,15 +123,19 @@ class Connection:
 
     async def _echo_then_close(self) -> str:
         protocol = self._protocol
-        with self._scope:
-            self._arm_idle()
+        scope = self._scope
+        with scope:
+            if self._idle is not None:
+                # The first deadline: _arm_idle only ever moves it later.
+                scope.deadline = trio.current_time() + self._idle
             await self._echo_loop(protocol)
-        reason = protocol.reason
-        if reason is None:
-            if not self._stopping:
-                # No progress for idle_timeout; the scope's deadline fired.
-                reason = IDLE
-            else:
+        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
+            # No progress for idle_timeout.  This can cut a send short, so
+            # nothing more may be echoed: the client would get a gap.
+            reason = IDLE
+        else:
+            reason = protocol.reason
+            if reason is None:
                 reason = SHUTDOWN
                 await self._send(protocol.finish())
         if reason != EOF:
@@ -187,6 +191,9 @@ class Connection:
         self._unyielded += 1
         if self._unyielded >= MAX_UNYIELDED:
             self._unyielded = 0
+            # The deadline is checked at every checkpoint, not only where the
+            # connection blocks: a client streaming without pause is progress.
+            self._arm_idle()
             await trio.lowlevel.checkpoint()
 
 
@@ -237,8 +244,9 @@ class SocketConnection(Connection):
         # Copy out of the shared buffer before blocking (see the class docstring).
         rest = memoryview(bytes(memoryview(data)[sent:]))
         while rest:
-            if sent:
-                self._arm_idle()
+            # Progress was made since the last arming: the receive that produced
+            # *data*, or the previous partial send.
+            self._arm_idle()
             await trio.lowlevel.wait_writable(sock)
             try:
                 sent = sock.send(rest)

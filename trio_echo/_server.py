@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 from typing import Final
@@ -53,7 +54,8 @@ class EchoServer:
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
-        self._last_warning = -float("inf")
+        # When each kind of warning was last logged (see _warn).
+        self._last_warning: dict[str, float] = {}
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -152,12 +154,14 @@ class EchoServer:
                 slots.release()
                 raise
             else:
-                self._tally.accepted += 1
                 handlers.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         started = trio.current_time()
         conn = self._connection_for(stream)
+        # Counted here, not in the accept loop, so that no snapshot can fall
+        # between the two: accepted == closed + active always holds.
+        self._tally.accepted += 1
         self._active.add(conn)
         if self._stopping:
             conn.stop()
@@ -193,9 +197,14 @@ class EchoServer:
         return StreamConnection(stream, config, peer=peer)
 
     def _warn(self, message: str, *args: object) -> None:
+        """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.
+
+        Each message template is limited on its own, so that hitting the
+        connection limit cannot hide running out of file descriptors.
+        """
         now = trio.current_time()
-        if now - self._last_warning >= WARNING_INTERVAL:
-            self._last_warning = now
+        if now - self._last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
+            self._last_warning[message] = now
             LOGGER.warning(message, *args)
 
 
