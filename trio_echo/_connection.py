@@ -133,11 +133,11 @@ class Connection:
             # No progress for idle_timeout.  This can cut a send short, so
             # nothing more may be echoed: the client would get a gap.
             reason = IDLE
-        else:
+        elif protocol.reason is not None:
             reason = protocol.reason
-            if reason is None:
-                reason = SHUTDOWN
-                await self._send(protocol.finish())
+        else:
+            reason = SHUTDOWN
+            await self._send(protocol.finish())
         if reason != EOF:
             await self._half_close_and_drain()
         return reason
