@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _server import EchoProcess, raise_fd_limit  # noqa: E402
+# Run as a script: its directory is on sys.path.
+from _server import EchoProcess, raise_fd_limit
 
 
 def round_trip(sock: socket.socket, message: bytes) -> None:
@@ -72,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit(args.connections + 100)
     results = [one_run(args.connections) for _ in range(args.runs)]
-    print(f"median KiB per idle connection at {args.connections}: {statistics.median(results):.2f}")
+    median = statistics.median(results)
+    print(f"median KiB per idle connection at {args.connections}: {median:.2f}")
 
 
 if __name__ == "__main__":

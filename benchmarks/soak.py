@@ -16,12 +16,11 @@ import argparse
 import random
 import sys
 import time
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _server import EchoProcess, raise_fd_limit  # noqa: E402
+# Run as a script: its directory is on sys.path.
+from _server import EchoProcess, raise_fd_limit
 
 
 class Soak:

@@ -176,6 +176,17 @@ async def test_accept_capacity_errors_are_retried_every_100_ms(
     code: int,
 ) -> None:
     stream, client = socketpair_stream()
+    with client:
+        await check_accept_retries(nursery, caplog, code, stream, client)
+
+
+async def check_accept_retries(
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+    stream: trio.SocketStream,
+    client: socket.socket,
+) -> None:
     errors = [OSError(code, "fake") for _ in range(5)]
     server, listener = await fake_server(nursery, errors, [stream])
     await wait_until(lambda: server.statistics().active == 1)
@@ -189,10 +200,9 @@ async def test_accept_capacity_errors_are_retried_every_100_ms(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"accept failed: {os.strerror(code)}; retrying in 0.1 s"]
     # And the connection accepted afterwards is served normally.
-    with client:
-        client.sendall(b"after the storm")
-        await trio.lowlevel.wait_readable(client)
-        assert client.recv(100) == b"after the storm"
+    client.sendall(b"after the storm")
+    await trio.lowlevel.wait_readable(client)
+    assert client.recv(100) == b"after the storm"
 
 
 async def test_accept_errors_and_limit_warn_independently(
@@ -201,15 +211,15 @@ async def test_accept_errors_and_limit_warn_independently(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stream, client = socketpair_stream()
-    server, _ = await fake_server(
-        nursery, [OSError(errno.EMFILE, "fake")], [stream], max_connections=1
-    )
-    await wait_until(lambda: server.statistics().limit_waits == 1)
+    with client:
+        server, _ = await fake_server(
+            nursery, [OSError(errno.EMFILE, "fake")], [stream], max_connections=1
+        )
+        await wait_until(lambda: server.statistics().limit_waits == 1)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(messages) == 2
     assert messages[0].startswith("accept failed")
     assert messages[1].startswith(LIMIT_WARNING)
-    client.close()
 
 
 async def test_other_accept_errors_propagate(nursery: trio.Nursery) -> None:
@@ -302,7 +312,8 @@ def test_running_out_of_fds_neither_crashes_nor_spins(echo_process: StartProcess
         cpu_before = server.cpu_seconds()
         time.sleep(1.0)  # the window in which a spinning accept loop would burn CPU
         cpu_used = server.cpu_seconds() - cpu_before
-        assert cpu_used < 0.25, f"{cpu_used:.2f} s CPU in 1 s while out of descriptors"
+        print(f"{cpu_used:.3f} s CPU in 1 s while out of descriptors")
+        assert cpu_used < 0.15, f"{cpu_used:.2f} s CPU in 1 s while out of descriptors"
         assert server.count("accept failed") == 1  # rate-limited
         # Descriptors free up: every waiting client is served, byte-exact.
         for sock in clients[:free]:
