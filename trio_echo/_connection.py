@@ -178,8 +178,12 @@ class Connection:
         self.rounds = self._protocol.rounds
 
     def _arm_idle(self) -> None:
-        """Keep the idle deadline at least idle_timeout away: called on progress,
-        right before the connection blocks."""
+        """Keep the idle deadline at least idle_timeout away.
+
+        Called where the deadline can fire -- right before the connection
+        blocks, and at its periodic checkpoints -- rather than on every byte:
+        progress since the last call is what it records.
+        """
         idle = self._idle
         if idle is not None:
             deadline = trio.current_time() + idle
