@@ -1,4 +1,8 @@
-"""Fixtures and helpers shared by the integration tests."""
+"""Fixtures and helpers shared by the integration tests.
+
+Servers come from the package's own pytest plugin (``echo_server`` and
+``echo_server_factory``), loaded through its entry point as for any user.
+"""
 
 from __future__ import annotations
 
@@ -15,37 +19,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
-from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, serve
+from trio_echo import EchoServer, ListenerConfig, ServerConfig
+from trio_echo._config import replace_fields
 
-StartServer = Callable[..., Awaitable[EchoServer]]
+pytest_plugins = ["pytester"]
 
 
 def make_config(**overrides: Any) -> ServerConfig:
-    """A config on 127.0.0.1 and an ephemeral port; keyword overrides go to the
-    listener or connection part that has the field."""
-    listener = ListenerConfig(port=0)
-    connection = ConnectionConfig()
-    for name, value in overrides.items():
-        if name in attrs.fields_dict(ListenerConfig):
-            listener = attrs.evolve(listener, **{name: value})
-        else:
-            connection = attrs.evolve(connection, **{name: value})
-    return ServerConfig(listener=listener, connection=connection)
-
-
-@pytest.fixture
-async def start_server(nursery: trio.Nursery) -> StartServer:
-    """Start servers in the test's nursery; they are cancelled when the test ends."""
-
-    async def start(**overrides: Any) -> EchoServer:
-        server: EchoServer = await nursery.start(serve, make_config(**overrides))
-        return server
-
-    return start
+    """A config on 127.0.0.1 and an ephemeral port, with fields replaced by bare name
+    (as ``echo_server_factory`` does), for tests that run :func:`serve` themselves."""
+    return replace_fields(ServerConfig(listener=ListenerConfig(port=0)), **overrides)
 
 
 Connect = Callable[[EchoServer], Awaitable[trio.SocketStream]]

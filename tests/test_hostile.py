@@ -12,11 +12,11 @@ from collections.abc import Callable
 import trio
 
 from trio_echo import EchoProtocol
+from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (
     Connect,
     StartProcess,
-    StartServer,
     receive_exactly,
     receive_until_eof,
     wait_until,
@@ -47,10 +47,10 @@ def test_line_buffer_stays_bounded_whatever_the_client_sends() -> None:
 
 
 async def test_oversized_line_echoes_complete_lines_then_clean_eof(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
     max_message = 1024
-    server = await start_server(framing="line", max_message=max_message)
+    server = await echo_server_factory(framing="line", max_message=max_message)
     bystander = await connect(server)
     client = await connect(server)
     lines = b"first\nsecond\nthird\n"
@@ -214,11 +214,11 @@ async def test_sigterm_under_load_gives_every_client_a_prefix_then_eof(
 
 
 async def test_two_thousand_concurrent_connections_each_echo(
-    start_server: StartServer, fd_headroom: Callable[[int], None]
+    echo_server_factory: EchoServerFactory, fd_headroom: Callable[[int], None]
 ) -> None:
     n = 2000
     fd_headroom(2 * n + 256)
-    server = await start_server(max_connections=n, idle_timeout=None)
+    server = await echo_server_factory(max_connections=n, idle_timeout=None)
     streams: list[trio.SocketStream] = []
     all_open = trio.Event()
 

@@ -16,8 +16,9 @@ import trio.testing
 
 from trio_echo import ConnectionConfig
 from trio_echo._connection import IDLE_SLACK, SocketConnection, StreamConnection
+from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, StartServer, receive_exactly, receive_until_eof, wait_until
+from .conftest import Connect, receive_exactly, receive_until_eof, wait_until
 
 IDLE = 5.0
 
@@ -195,9 +196,9 @@ async def test_streaming_without_ever_blocking_is_not_idle(
 
 
 async def test_idle_clients_get_a_clean_eof_and_others_are_unaffected(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server(idle_timeout=0.5, drain_timeout=0.1)
+    server = await echo_server_factory(idle_timeout=0.5, drain_timeout=0.1)
     silent = await connect(server)
     flooder = await connect(server)
     busy = await connect(server)

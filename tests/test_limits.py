@@ -20,11 +20,11 @@ import trio.testing
 
 from trio_echo import EchoServer, ServerStatistics
 from trio_echo._cli import FD_RESERVE, raise_fd_limit
+from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (
     Connect,
     StartProcess,
-    StartServer,
     make_config,
     receive_exactly,
     receive_until_eof,
@@ -44,7 +44,7 @@ def assert_adds_up(stats: ServerStatistics) -> None:
 
 async def test_limit_keeps_extra_clients_in_backlog_without_spinning(
     connect: Connect,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -57,7 +57,7 @@ async def test_limit_keeps_extra_clients_in_backlog_without_spinning(
         return await original_accept(self)
 
     monkeypatch.setattr(trio.SocketListener, "accept", counting_accept)
-    server = await start_server(max_connections=3)
+    server = await echo_server_factory(max_connections=3)
     served = [await connect(server) for _ in range(3)]
     for i, stream in enumerate(served):
         await stream.send_all(b"served %d" % i)
@@ -101,9 +101,9 @@ async def test_limit_keeps_extra_clients_in_backlog_without_spinning(
 
 
 async def test_statistics_add_up_at_every_instant(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server()
+    server = await echo_server_factory()
     clients = 30
     snapshots = 0
 

@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from trio_echo import EchoServer, serve
+from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (
     Connect,
-    StartServer,
     make_config,
     receive_exactly,
     receive_until_eof,
@@ -56,9 +56,9 @@ async def fill_until_blocked(stream: trio.SocketStream) -> int:
 
 
 async def test_reset_while_server_is_sending(
-    connect: Connect, start_server: StartServer, caplog: pytest.LogCaptureFixture
+    connect: Connect, echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await start_server()
+    server = await echo_server_factory()
     bystander = await connect(server)
     victim = await connect(server)
     assert await fill_until_blocked(victim) > 0
@@ -70,9 +70,9 @@ async def test_reset_while_server_is_sending(
 
 
 async def test_reset_while_server_is_receiving(
-    connect: Connect, start_server: StartServer, caplog: pytest.LogCaptureFixture
+    connect: Connect, echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await start_server(framing="line")
+    server = await echo_server_factory(framing="line")
     bystander = await connect(server)
     victim = await connect(server)
     await victim.send_all(b"a partial li")
@@ -85,9 +85,9 @@ async def test_reset_while_server_is_receiving(
 
 
 async def test_reset_right_after_connect(
-    connect: Connect, start_server: StartServer, caplog: pytest.LogCaptureFixture
+    connect: Connect, echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await start_server()
+    server = await echo_server_factory()
     bystander = await connect(server)
     for _ in range(20):
         reset(await trio.open_tcp_stream("127.0.0.1", server.port))
@@ -98,9 +98,9 @@ async def test_reset_right_after_connect(
 
 
 async def test_reset_while_waiting_in_the_backlog(
-    connect: Connect, start_server: StartServer, caplog: pytest.LogCaptureFixture
+    connect: Connect, echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await start_server(max_connections=1)
+    server = await echo_server_factory(max_connections=1)
     holder = await connect(server)
     await assert_unaffected(holder, b"holding the only slot")
     # Connected in the kernel, reset before the server ever accepted it.

@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from trio_echo import EchoServer, ServerStatistics, serve
+from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (
     Connect,
-    StartServer,
     make_config,
     receive_exactly,
     receive_until_eof,
@@ -22,17 +22,16 @@ from .conftest import (
 )
 
 
-async def test_port_zero_reports_bound_address(start_server: StartServer) -> None:
-    server = await start_server()
-    assert server.port != 0
-    assert server.addresses == (("127.0.0.1", server.port),)
+async def test_port_zero_reports_bound_address(echo_server: EchoServer) -> None:
+    assert echo_server.port != 0
+    assert echo_server.addresses == (("127.0.0.1", echo_server.port),)
 
 
 async def test_pipelined_lines_beyond_rounds_get_exact_echo_then_clean_eof(
     connect: Connect,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
 ) -> None:
-    server = await start_server(rounds=3, framing="line")
+    server = await echo_server_factory(rounds=3, framing="line")
     client = await connect(server)
     await client.send_all(b"a\nb\nc\nd\ne\n")
     # A reset would raise BrokenResourceError here instead of returning EOF.
@@ -43,9 +42,9 @@ async def test_pipelined_lines_beyond_rounds_get_exact_echo_then_clean_eof(
 
 
 async def test_pipelining_far_beyond_rounds_never_resets(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server(rounds=2, framing="line")
+    server = await echo_server_factory(rounds=2, framing="line")
     client = await connect(server)
     # Far more than one receive: the surplus must be drained, not left unread.
     await client.send_all(b"x\n" * 200_000)
@@ -55,9 +54,9 @@ async def test_pipelining_far_beyond_rounds_never_resets(
 
 async def test_client_half_close_echoes_everything_including_partial_line(
     connect: Connect,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
 ) -> None:
-    server = await start_server(framing="line")
+    server = await echo_server_factory(framing="line")
     client = await connect(server)
     await client.send_all(b"one\ntwo\nthree")
     await client.send_eof()
@@ -67,8 +66,10 @@ async def test_client_half_close_echoes_everything_including_partial_line(
     assert (stats.rounds, stats.closed_by_reason) == (3, {"eof": 1})
 
 
-async def test_all_byte_values_echo_exactly(connect: Connect, start_server: StartServer) -> None:
-    server = await start_server()
+async def test_all_byte_values_echo_exactly(
+    connect: Connect, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory()
     client = await connect(server)
     payload = bytes(range(256)) * 64
     async with trio.open_nursery() as nursery:
@@ -80,9 +81,9 @@ async def test_all_byte_values_echo_exactly(connect: Connect, start_server: Star
 
 
 async def test_reset_ends_only_that_connection(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server()
+    server = await echo_server_factory()
     bystander = await connect(server)
     victim = await connect(server)
     await victim.send_all(b"ping")
@@ -96,9 +97,9 @@ async def test_reset_ends_only_that_connection(
 
 
 async def test_two_hundred_concurrent_clients_echo_byte_exact(
-    connect: Connect, start_server: StartServer
+    connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:
-    server = await start_server()
+    server = await echo_server_factory()
     rng = random.Random(200)
     payloads = [rng.randbytes(rng.randrange(1, 20_000)) for _ in range(200)]
 
@@ -124,8 +125,10 @@ async def test_two_hundred_concurrent_clients_echo_byte_exact(
     assert stats.bytes_in == stats.bytes_out == sum(map(len, payloads))
 
 
-async def test_statistics_are_live(connect: Connect, start_server: StartServer) -> None:
-    server = await start_server(framing="line")
+async def test_statistics_are_live(
+    connect: Connect, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(framing="line")
     client = await connect(server)
     await client.send_all(b"abc\nde")
     assert await receive_exactly(client, 4) == b"abc\n"
@@ -145,9 +148,9 @@ async def test_statistics_are_live(connect: Connect, start_server: StartServer) 
 
 async def test_graceful_shutdown_echoes_what_was_read_then_eof_and_refuses_new(
     connect: Connect,
-    nursery: trio.Nursery,
+    echo_server_factory: EchoServerFactory,
 ) -> None:
-    server: EchoServer = await nursery.start(serve, make_config(framing="line", grace=5))
+    server = await echo_server_factory(framing="line", grace=5)
     idle = await connect(server)
     partial = await connect(server)
     await partial.send_all(b"done\nhalf a li")
@@ -169,9 +172,9 @@ async def test_graceful_shutdown_echoes_what_was_read_then_eof_and_refuses_new(
 
 
 async def test_shutdown_lets_an_echo_in_flight_finish(
-    connect: Connect, nursery: trio.Nursery
+    connect: Connect, echo_server_factory: EchoServerFactory, nursery: trio.Nursery
 ) -> None:
-    server: EchoServer = await nursery.start(serve, make_config(grace=10))
+    server = await echo_server_factory(grace=10)
     client = await connect(server)
     payload = random.Random(1).randbytes(8 << 20)
     received = bytearray()
@@ -203,9 +206,9 @@ async def test_shutdown_lets_an_echo_in_flight_finish(
 
 async def test_grace_expiry_cancels_connections_that_never_finish(
     connect: Connect,
-    nursery: trio.Nursery,
+    echo_server_factory: EchoServerFactory,
 ) -> None:
-    server: EchoServer = await nursery.start(serve, make_config(grace=0.2))
+    server = await echo_server_factory(grace=0.2)
     client = await connect(server)
     # The client never reads: the server's echo blocks once the socket buffers fill.
     with trio.move_on_after(1):
@@ -219,9 +222,7 @@ async def test_grace_expiry_cancels_connections_that_never_finish(
     await client.aclose()
 
 
-async def test_cancelling_serve_closes_everything(
-    connect: Connect, start_server: StartServer
-) -> None:
+async def test_cancelling_serve_closes_everything(connect: Connect) -> None:
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             server: EchoServer = await nursery.start(serve, make_config())
@@ -240,9 +241,9 @@ async def test_cancelling_serve_closes_everything(
 
 async def test_connection_limit_makes_extra_clients_wait_in_backlog(
     connect: Connect,
-    start_server: StartServer,
+    echo_server_factory: EchoServerFactory,
 ) -> None:
-    server = await start_server(max_connections=2)
+    server = await echo_server_factory(max_connections=2)
     first, second = await connect(server), await connect(server)
     for stream in (first, second):
         await stream.send_all(b"hi")
@@ -259,8 +260,8 @@ async def test_connection_limit_makes_extra_clients_wait_in_backlog(
     assert server.statistics().accepted == 3
 
 
-async def test_host_none_binds_every_address(start_server: StartServer) -> None:
-    server = await start_server(host=None)
+async def test_host_none_binds_every_address(echo_server_factory: EchoServerFactory) -> None:
+    server = await echo_server_factory(host=None)
     families = {socket.AF_INET6 if ":" in host else socket.AF_INET for host, _ in server.addresses}
     assert socket.AF_INET in families or socket.AF_INET6 in families
     for host, port in server.addresses:
@@ -270,7 +271,50 @@ async def test_host_none_binds_every_address(start_server: StartServer) -> None:
         await stream.aclose()
 
 
-async def test_bind_error_raises_oserror(start_server: StartServer) -> None:
-    server = await start_server()
+async def test_bind_error_raises_oserror(echo_server_factory: EchoServerFactory) -> None:
+    server = await echo_server_factory()
     with pytest.raises(OSError, match="in use"):
-        await start_server(port=server.port)
+        await echo_server_factory(port=server.port)
+
+
+async def test_idle_connection_is_half_closed_then_closed(
+    connect: Connect, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(idle_timeout=0.3)
+    client = await connect(server)
+    await client.send_all(b"one")
+    assert await receive_exactly(client, 3) == b"one"
+    started = trio.current_time()
+    assert await receive_until_eof(client) == b""
+    # Within [idle_timeout, idle_timeout * 1.05] plus scheduling, not the default 300 s.
+    assert 0.25 < trio.current_time() - started < 3
+    await client.aclose()
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"idle": 1}
+
+
+async def test_drain_of_a_flooding_client_is_bounded_and_fair(
+    connect: Connect, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(rounds=1, drain_timeout=0.3)
+    bystander = await connect(server)
+    flooder = await connect(server)
+    await flooder.send_all(b"first")
+    assert await receive_exactly(flooder, 5) == b"first"
+
+    async def flood() -> None:
+        # The server closes with the flood unread once the drain times out,
+        # so the kernel resets the connection: the flood ends in a broken pipe.
+        with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                await flooder.send_all(b"z" * 65536)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flood)
+        # The server drains the flood; other connections are still served.
+        await bystander.send_all(b"ping")
+        assert await receive_exactly(bystander, 4) == b"ping"
+        assert await receive_until_eof(flooder) == b""
+        await wait_until(lambda: server.statistics().closed == 2)
+        nursery.cancel_scope.cancel()
+    assert server.statistics().closed_by_reason == {"rounds": 2}

@@ -10,18 +10,23 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
 
+import attrs
 import trio
 
 from . import __version__
-from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig
+from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig, TLSConfig
+from ._logs import JSONFormatter, event, report_statistics
 from ._server import EchoServer, serve
 from ._stats import ServerStatistics
+from ._tls import server_context
 
 __all__ = ["main"]
 
 LOGGER = logging.getLogger("trio_echo")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 # Exit statuses: 0 after a clean (graceful) shutdown, 1 when the server cannot
 # start, 2 for a usage error (argparse's own convention).
@@ -40,8 +45,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults_l, defaults_c = ListenerConfig(), ConnectionConfig()
+    default_handshake = attrs.fields(TLSConfig).handshake_timeout.default
     parser = _Parser(
         prog="trio-echo",
         description="A TCP echo server built on trio.",
@@ -100,7 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults_l.grace,
         help="on shutdown, time allowed to finish echoes in progress (default: %(default)s)",
     )
+    add("--certfile", metavar="PEM", help="serve over TLS with this certificate chain")
+    add("--keyfile", metavar="PEM", help="the private key, if not in --certfile (needs it)")
+    add(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs (needs --certfile)",
+    )
+    add(
+        "--tls-handshake-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=default_handshake,
+        help="close clients that have not completed the TLS handshake by then "
+        "(default: %(default)s)",
+    )
+    add(
+        "--stats-interval",
+        type=seconds,
+        metavar="SECONDS",
+        default=None,
+        help="log the server's statistics every SECONDS (default: off)",
+    )
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="json: one JSON object per line (default: %(default)s)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -113,7 +155,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """
     host = None if args.host in ("", "*") else args.host
     idle = None if args.idle_timeout == 0 else args.idle_timeout
+    tls = None
+    if args.certfile is not None:
+        tls = TLSConfig(
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            client_ca=args.tls_client_ca,
+            handshake_timeout=args.tls_handshake_timeout,
+        )
+    elif args.keyfile is not None or args.tls_client_ca is not None:
+        raise ValueError("certfile is required by --keyfile and --tls-client-ca")
     return ServerConfig(
+        tls=tls,
         listener=ListenerConfig(
             host=host, port=args.port, max_connections=args.max_connections, grace=args.grace
         ),
@@ -126,10 +179,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+# Config fields whose option is not simply --field-name.
+OPTION_FOR_FIELD = {"client_ca": "--tls-client-ca", "handshake_timeout": "--tls-handshake-timeout"}
+
+
 def _option_for(message: str) -> str:
     """The command-line option a validator's message is about (it starts with the field)."""
     field = message.split(" ", 1)[0]
-    return "--" + field.replace("_", "-")
+    return OPTION_FOR_FIELD.get(field, "--" + field.replace("_", "-"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,16 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.error(f"argument {_option_for(str(exc))}: {exc}")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args.log_level, args.log_format)
+    if config.tls is not None:
+        try:
+            # Fail before starting, with the file's name; serve() loads it again.
+            server_context(config.tls)
+        except OSError as exc:
+            print(f"trio-echo: error: cannot load TLS files: {_describe(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
     raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
     try:
-        stats = trio.run(_run, config)
+        stats = trio.run(_run, config, args.stats_interval)
     except* OSError as group:
         failure = _first_os_error(group)
     except* KeyboardInterrupt:
@@ -169,6 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats.rounds,
         stats.bytes_in,
         stats.bytes_out,
+        extra=event(
+            "shutdown",
+            accepted=stats.accepted,
+            closed_by_reason=dict(stats.closed_by_reason),
+            rounds=stats.rounds,
+            bytes_in=stats.bytes_in,
+            bytes_out=stats.bytes_out,
+            limit_waits=stats.limit_waits,
+            accept_errors=stats.accept_errors,
+        ),
     )
     return EXIT_OK
 
@@ -202,6 +272,13 @@ def raise_fd_limit(needed: int) -> None:
         )
 
 
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def _where(config: ServerConfig) -> str:
     host = config.listener.host
     return f"{'*' if host is None else host}:{config.listener.port}"
@@ -219,12 +296,14 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-async def _run(config: ServerConfig) -> ServerStatistics:
+async def _run(config: ServerConfig, stats_interval: float | None) -> ServerStatistics:
     """Serve until a signal: the first shuts down gracefully, a second at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server: EchoServer = await nursery.start(serve, config)
             nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
+            if stats_interval is not None:
+                nursery.start_soon(report_statistics, server, stats_interval)
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
     return server.statistics()

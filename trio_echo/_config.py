@@ -1,23 +1,33 @@
 """Frozen, validated configuration, grouped by who reads it.
 
 :class:`ListenerConfig` is what the accept side needs, :class:`ConnectionConfig`
-is what each connection task needs, and :class:`ServerConfig` bundles the two.
-They are built once -- by the CLI or by the embedding caller -- and passed down
+is what each connection task needs, :class:`TLSConfig` is what serving over TLS
+needs, and :class:`ServerConfig` bundles them.  They are built once -- by the
+CLI, by the embedding caller or by the pytest plugin -- and passed down
 explicitly; nothing reads configuration from anywhere else.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
 import attrs
 
-__all__ = ["ConnectionConfig", "Framing", "ListenerConfig", "ServerConfig"]
+__all__ = ["ConnectionConfig", "Framing", "ListenerConfig", "ServerConfig", "TLSConfig"]
 
 #: How a byte stream is split into messages: ``"raw"`` (one receive is one
 #: message) or ``"line"`` (a message ends with ``b"\n"``).
 Framing = Literal["raw", "line"]
+Framing.__doc__ = """How a byte stream is split into messages (a ``Literal`` type).
+
+``"raw"``: a message is what one receive returns.  ``"line"``: a message is a
+line ending in ``b"\\n"``, echoed with it.  Any other value is rejected by
+:class:`ConnectionConfig` with :exc:`ValueError`.
+"""
 
 FRAMINGS: tuple[Framing, ...] = ("raw", "line")
 
@@ -59,7 +69,16 @@ def _optional(validator: Any) -> Any:
 
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
-    """What each connection task needs to run the echo loop."""
+    """What each connection task needs to run the echo loop.
+
+    Frozen and keyword-only; derive variants with :func:`attrs.evolve`.
+    Construction does no I/O (so it has nothing to cancel).
+
+    Raises:
+      TypeError: a value of the wrong type (``bool`` is not an ``int``), or a
+        positional argument.
+      ValueError: a value out of range; the message names the field.
+    """
 
     rounds: int | None = attrs.field(default=None, validator=_optional(_int_in_range(1)))
     """Echo this many messages, then half-close and close; ``None`` echoes until the
@@ -87,7 +106,11 @@ class ConnectionConfig:
 
 @attrs.frozen(kw_only=True)
 class ListenerConfig:
-    """What the accept side of the server needs."""
+    """What the accept side of the server needs.
+
+    Frozen and keyword-only, validated like :class:`ConnectionConfig`
+    (:exc:`TypeError` or :exc:`ValueError` naming the field); no I/O.
+    """
 
     host: str | None = attrs.field(
         default="127.0.0.1", validator=_optional(attrs.validators.instance_of(str))
@@ -110,8 +133,47 @@ class ListenerConfig:
 
 
 @attrs.frozen(kw_only=True)
+class TLSConfig:
+    """Serve over TLS: the server's certificate chain and, optionally, client checks.
+
+    Frozen and keyword-only; *certfile* is required.  Paths may be ``str`` or
+    :class:`os.PathLike`; anything else raises :exc:`TypeError`, and a
+    non-positive *handshake_timeout* :exc:`ValueError`, naming the field.
+    The files are read when :func:`trio_echo.serve` starts, not here: a
+    missing or unreadable file, or a key that does not match the
+    certificate, raises :exc:`OSError` (:exc:`ssl.SSLError` is one) from
+    ``serve`` before it binds.
+    """
+
+    certfile: str | os.PathLike[str] = attrs.field(
+        validator=attrs.validators.instance_of((str, os.PathLike))
+    )
+    """PEM file with the server's certificate chain (and its key, if *keyfile* is ``None``)."""
+
+    keyfile: str | os.PathLike[str] | None = attrs.field(
+        default=None, validator=_optional(attrs.validators.instance_of((str, os.PathLike)))
+    )
+    """PEM file with the private key; ``None`` reads it from *certfile*."""
+
+    client_ca: str | os.PathLike[str] | None = attrs.field(
+        default=None, validator=_optional(attrs.validators.instance_of((str, os.PathLike)))
+    )
+    """PEM file of CA certificates; when set, every client must present a
+    certificate signed by one of them, or its handshake fails (``tls-error``)."""
+
+    handshake_timeout: float = attrs.field(default=10.0, validator=_seconds(allow_zero=False))
+    """A client must complete the TLS handshake within this many seconds of being
+    accepted, or it is closed with reason ``tls-error``: a client that connects
+    and sends nothing holds a connection slot for no longer than this."""
+
+
+@attrs.frozen(kw_only=True)
 class ServerConfig:
     """Everything :func:`trio_echo.serve` needs.
+
+    Frozen and keyword-only; every part has working defaults, so
+    ``ServerConfig()`` serves plain TCP on 127.0.0.1:9999.  A part of the
+    wrong class raises :exc:`TypeError` naming the field; no I/O.
 
     Example::
 
@@ -127,3 +189,69 @@ class ServerConfig:
     connection: ConnectionConfig = attrs.field(
         factory=ConnectionConfig, validator=attrs.validators.instance_of(ConnectionConfig)
     )
+    tls: TLSConfig | None = attrs.field(
+        default=None, validator=_optional(attrs.validators.instance_of(TLSConfig))
+    )
+    """Serve over TLS with this configuration; ``None`` serves plain TCP."""
+
+
+_Config = TypeVar("_Config")
+
+
+def replace_fields(config: _Config, **overrides: Any) -> _Config:
+    """A copy of *config* (any attrs config) with fields replaced by their bare names.
+
+    ``replace_fields(config, rounds=3, port=0)`` sets ``connection.rounds`` and
+    ``listener.port``.  Names are found by walking the nested config classes
+    (every field whose type is an attrs class), so a field added to any of them
+    is accepted with no change here.  A nested config may also be replaced
+    whole by its own name (``connection=ConnectionConfig(...)``); bare names
+    inside it then apply on top.
+
+    Raises:
+      TypeError: for a name that no config class has, or that more than one has.
+      ValueError, TypeError: from the validators, naming the field.
+    """
+    paths = _field_paths(type(config))
+    by_path: dict[tuple[str, ...], Any] = {}
+    for name, value in overrides.items():
+        found = paths.get(name, [])
+        if not found:
+            known = ", ".join(sorted(paths))
+            raise TypeError(f"unknown config field {name!r}; known fields: {known}")
+        if len(found) > 1:
+            where = " and ".join(".".join(path) for path in found)
+            raise TypeError(
+                f"ambiguous config field {name!r}: it is {where}; "
+                "pass the enclosing config object instead"
+            )
+        by_path[found[0]] = value
+    evolved: _Config = _evolve(config, by_path)
+    return evolved
+
+
+def _field_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, list[tuple[str, ...]]]:
+    """Every field name reachable from *cls*, with each path that leads to it."""
+    paths: dict[str, list[tuple[str, ...]]] = {}
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        path = (*prefix, field.name)
+        paths.setdefault(field.name, []).append(path)
+        field_type = hints[field.name]
+        if isinstance(field_type, type) and attrs.has(field_type):
+            for name, more in _field_paths(field_type, path).items():
+                paths.setdefault(name, []).extend(more)
+    return paths
+
+
+def _evolve(instance: Any, by_path: Mapping[tuple[str, ...], Any]) -> Any:
+    changes: dict[str, Any] = {}
+    for field in attrs.fields(type(instance)):
+        name = field.name
+        value = by_path.get((name,), getattr(instance, name))
+        inner = {path[1:]: v for path, v in by_path.items() if len(path) > 1 and path[0] == name}
+        if inner:
+            value = _evolve(value, inner)
+        if (name,) in by_path or inner:
+            changes[name] = value
+    return attrs.evolve(instance, **changes)

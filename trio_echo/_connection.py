@@ -73,6 +73,7 @@ class Connection:
         self._stopping = False
         self._receiving = False
         self._unyielded = 0
+        self._unsent: Data = b""
 
     # ---- transport hooks, implemented by subclasses ----
 
@@ -123,21 +124,24 @@ class Connection:
 
     async def _echo_then_close(self) -> str:
         protocol = self._protocol
-        scope = self._scope
-        with scope:
-            if self._idle is not None:
-                # The first deadline: _arm_idle only ever moves it later.
-                scope.deadline = trio.current_time() + self._idle
+        # Read the clock directly on the hot path, skipping trio.current_time()'s lookups.
+        self._clock = trio.lowlevel.current_clock()
+        if self._idle is not None:
+            self._scope.deadline = self._clock.current_time() + self._idle
+        with self._scope:
             await self._echo_loop(protocol)
-        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
-            # No progress for idle_timeout.  This can cut a send short, so
-            # nothing more may be echoed: the client would get a gap.
-            reason = IDLE
-        elif protocol.reason is not None:
+        if self._stopping:
+            await self._send(self._unsent)
             reason = protocol.reason
+            if reason is None:
+                reason = SHUTDOWN
+                await self._send(protocol.finish())
+        elif self._scope.cancelled_caught:
+            # No progress for idle_timeout, possibly in the middle of an echo.
+            reason = IDLE
         else:
-            reason = SHUTDOWN
-            await self._send(protocol.finish())
+            reason = protocol.reason
+            assert reason is not None
         if reason != EOF:
             await self._half_close_and_drain()
         return reason
@@ -159,17 +163,33 @@ class Connection:
 
     async def _echo_loop(self, protocol: EchoProtocol) -> None:
         receive = self._receive
+        send_all = self._send_all
+        receive_data = protocol.receive_data
         while not self._stopping:
             data = await receive()
             if data:
                 self.bytes_in += len(data)
-                out = protocol.receive_data(data)
+                out = receive_data(data)
             else:
                 out = protocol.receive_eof()
+            if self._stopping:
+                # stop() may have cancelled this scope just as the data arrived;
+                # the echo is sent after the scope, still bounded by the grace.
+                self._unsent = bytes(out)
+                return
             if out:
-                await self._send(out)
+                await send_all(out)
+                self.bytes_out += len(out)
+                self.rounds = protocol.rounds
             if protocol.reason is not None:
                 return
+            self._unyielded += 1
+            if self._unyielded >= MAX_UNYIELDED:
+                # Busy without ever blocking: count it as progress, and let the
+                # other connections run.
+                self._unyielded = 0
+                self._arm_idle()
+                await trio.lowlevel.checkpoint()
 
     async def _send(self, out: Data) -> None:
         if out:
@@ -178,27 +198,13 @@ class Connection:
         self.rounds = self._protocol.rounds
 
     def _arm_idle(self) -> None:
-        """Keep the idle deadline at least idle_timeout away.
-
-        Called where the deadline can fire -- right before the connection
-        blocks, and at its periodic checkpoints -- rather than on every byte:
-        progress since the last call is what it records.
-        """
+        """Keep the idle deadline at least idle_timeout away: called on progress,
+        right before the connection blocks."""
         idle = self._idle
         if idle is not None:
-            deadline = trio.current_time() + idle
+            deadline = self._clock.current_time() + idle
             if deadline > self._scope.deadline:
                 self._scope.deadline = deadline + idle * IDLE_SLACK
-
-    async def _maybe_yield(self) -> None:
-        """Count an operation that did not block; yield now and then for fairness."""
-        self._unyielded += 1
-        if self._unyielded >= MAX_UNYIELDED:
-            self._unyielded = 0
-            # The deadline is checked at every checkpoint, not only where the
-            # connection blocks: a client streaming without pause is progress.
-            self._arm_idle()
-            await trio.lowlevel.checkpoint()
 
 
 class SocketConnection(Connection):
@@ -217,24 +223,33 @@ class SocketConnection(Connection):
         super().__init__(config, peer=peer)
         self._sock = sock
         self._buffer = buffer
+        # A new client has often sent its first message already.
+        self._maybe_ready = True
 
     async def _receive(self) -> Data:
         sock = self._sock
         buffer = self._buffer
+        # Try the socket first only when data is likely waiting; after a short
+        # read (the usual request/response case) go straight to waiting, which
+        # saves a failing recv() and its exception per round.
+        ready = self._maybe_ready
         while True:
-            try:
-                n = sock.recv_into(buffer)
-            except BlockingIOError:
-                self._arm_idle()
-                self._receiving = True
+            if ready:
                 try:
-                    await trio.lowlevel.wait_readable(sock)
-                finally:
-                    self._receiving = False
-                self._unyielded = 0
-            else:
-                await self._maybe_yield()
-                return buffer[:n]
+                    n = sock.recv_into(buffer)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._maybe_ready = n == len(buffer)
+                    return buffer[:n]
+            self._arm_idle()
+            self._receiving = True
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            finally:
+                self._receiving = False
+            self._unyielded = 0
+            ready = True
 
     async def _send_all(self, data: Data) -> None:
         sock = self._sock
@@ -243,14 +258,12 @@ class SocketConnection(Connection):
         except BlockingIOError:
             sent = 0
         if sent == len(data):
-            await self._maybe_yield()
             return
         # Copy out of the shared buffer before blocking (see the class docstring).
         rest = memoryview(bytes(memoryview(data)[sent:]))
         while rest:
-            # Progress was made since the last arming: the receive that produced
-            # *data*, or the previous partial send.
-            self._arm_idle()
+            if sent:
+                self._arm_idle()
             await trio.lowlevel.wait_writable(sock)
             try:
                 sent = sock.send(rest)
@@ -266,6 +279,7 @@ class SocketConnection(Connection):
     async def _discard_until_eof(self) -> None:
         sock = self._sock
         buffer = self._buffer
+        reads = 0
         while True:
             try:
                 if not sock.recv_into(buffer):
@@ -273,7 +287,11 @@ class SocketConnection(Connection):
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
             else:
-                await self._maybe_yield()
+                reads += 1
+                if reads % MAX_UNYIELDED == 0:
+                    # A client sending without pause must not keep the drain's
+                    # deadline from being checked, nor starve other connections.
+                    await trio.lowlevel.checkpoint()
 
     async def _close(self) -> None:
         trio.lowlevel.notify_closing(self._sock)

@@ -32,7 +32,8 @@ class EchoProtocol:
     or :meth:`finish` to stop early (graceful shutdown).  Once :attr:`reason`
     is set the connection is done: send what the last call returned, then
     half-close.  Feeding a finished protocol is a caller bug and raises
-    :exc:`RuntimeError`.
+    :exc:`RuntimeError`.  It does no I/O and never blocks, so there is nothing
+    to cancel: drive it from any event loop, or none.
 
     Framing:
       ``raw``: each chunk is one message. ``line``: each line ending in
@@ -74,27 +75,12 @@ class EchoProtocol:
           RuntimeError: if the protocol is already done.
           ValueError: if *data* is empty (use :meth:`receive_eof` for EOF).
         """
-        self._check_open()
-        if not data:
+        if self.reason is not None or not data:
+            self._check_open()
             raise ValueError("receive_data() needs data; call receive_eof() at EOF")
-        if not self._line:
-            return self._receive_raw(data)
-        return self._receive_lines(data)
-
-    def receive_eof(self) -> Data:
-        """The peer half-closed: return the last bytes to echo (a trailing partial line)."""
-        return self._close(EOF)
-
-    def finish(self) -> Data:
-        """Stop early (server shutdown): return the buffered partial line, if any,
-        so that every byte already read is echoed."""
-        return self._close(SHUTDOWN)
-
-    def _check_open(self) -> None:
-        if self.reason is not None:
-            raise RuntimeError(f"the connection is already done ({self.reason})")
-
-    def _receive_raw(self, data: Data) -> Data:
+        if self._line:
+            return self._receive_lines(data)
+        # raw framing, inline: this is the hot path of the default configuration.
         self.rounds += 1
         remaining = self._remaining
         if remaining is not None:
@@ -102,6 +88,27 @@ class EchoProtocol:
             if remaining == 0:
                 self.reason = ROUNDS
         return data
+
+    def receive_eof(self) -> Data:
+        """The peer half-closed: return the last bytes to echo (a trailing partial line).
+
+        Raises:
+          RuntimeError: if the protocol is already done.
+        """
+        return self._close(EOF)
+
+    def finish(self) -> Data:
+        """Stop early (server shutdown): return the buffered partial line, if any,
+        so that every byte already read is echoed.
+
+        Raises:
+          RuntimeError: if the protocol is already done.
+        """
+        return self._close(SHUTDOWN)
+
+    def _check_open(self) -> None:
+        if self.reason is not None:
+            raise RuntimeError(f"the connection is already done ({self.reason})")
 
     def _receive_lines(self, data: Data) -> Data:
         pending = self._pending
@@ -116,20 +123,29 @@ class EchoProtocol:
         # One C-level scan for the last newline and one count, rather than a
         # Python-level loop per line: a chunk of many short lines stays cheap.
         end = chunk.rfind(b"\n", start) + 1
+        too_long = False
+        if end > self._max_message:
+            # Only a chunk longer than max_message can hold a line that is.
+            fitting = _end_of_fitting_lines(chunk, start, end, self._max_message)
+            too_long = fitting < end
+            end = fitting
+        out: Data = _EMPTY
         if end:
             lines = chunk.count(b"\n", start, end)
             remaining = self._remaining
-            if remaining is not None and lines >= remaining:
-                end = _end_of_line(chunk, remaining)
-                lines = remaining
-                self.reason = ROUNDS
             if remaining is not None:
+                if lines >= remaining:
+                    end = _end_of_line(chunk, remaining)
+                    lines = remaining
+                    self.reason = ROUNDS
                 self._remaining = remaining - lines
             self.rounds += lines
             out = bytes(chunk[:end])
+        if self.reason is not None:
+            self._pending = bytearray()
+        elif too_long:
+            self._fail_line_too_long()
         else:
-            out = _EMPTY
-        if self.reason is None:
             self._keep_partial(chunk, end)
         return out
 
@@ -140,8 +156,11 @@ class EchoProtocol:
             self._pending = bytearray(chunk[end:])
         # A line that cannot fit in max_message can never be echoed whole.
         if len(self._pending) >= self._max_message:
-            self.reason = LINE_TOO_LONG
-            self._pending = bytearray()
+            self._fail_line_too_long()
+
+    def _fail_line_too_long(self) -> None:
+        self.reason = LINE_TOO_LONG
+        self._pending = bytearray()
 
     def _close(self, reason: str) -> Data:
         self._check_open()
@@ -154,6 +173,25 @@ class EchoProtocol:
         if self._remaining is not None:
             self._remaining -= 1
         return out
+
+
+def _end_of_fitting_lines(chunk: bytes | bytearray, start: int, end: int, limit: int) -> int:
+    """The offset just past the last complete line of ``chunk[:end]`` that comes
+    before any line longer than *limit* (*end* if every line fits).
+
+    The first newline is searched from *start*, since the bytes before it are a
+    partial line known to hold none.
+    """
+    line_start = 0
+    newline = chunk.find(b"\n", start, end)
+    while newline != -1:
+        if newline + 1 - line_start > limit:
+            return line_start
+        line_start = newline + 1
+        if end - line_start <= limit:
+            return end
+        newline = chunk.find(b"\n", line_start, end)
+    return end  # pragma: no cover - chunk[end - 1] is a newline
 
 
 def _end_of_line(chunk: bytes | bytearray, n: int) -> int:

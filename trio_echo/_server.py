@@ -7,13 +7,16 @@ import logging
 import math
 import os
 import socket
+import ssl
 from typing import Final
 
 import trio
 
 from ._config import ConnectionConfig, ServerConfig
 from ._connection import Connection, SocketConnection, StreamConnection, format_peer
+from ._logs import event
 from ._stats import ServerStatistics, Tally
+from ._tls import TLSConnection, server_context
 
 __all__ = ["EchoServer", "serve"]
 
@@ -36,12 +39,22 @@ WARNING_INTERVAL: Final = 10.0
 class EchoServer:
     """A running echo server: what ``await nursery.start(serve, config)`` returns.
 
-    The handle is live: :meth:`statistics` reads the counters at the moment
-    it is called, and :meth:`shutdown` stops the server gracefully.
+    Do not construct it yourself; :func:`serve` does.  The handle is live:
+    :meth:`statistics` reads the counters at the moment it is called, and
+    :meth:`shutdown` stops the server gracefully.  It stays usable after the
+    server has stopped (``addresses``, ``port`` and ``statistics()`` keep
+    their last values; ``shutdown()`` returns at once).
     """
 
-    def __init__(self, config: ServerConfig, listeners: list[trio.SocketListener]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        listeners: list[trio.SocketListener],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
+        self._ssl_context = ssl_context
         self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
         # Read once: the listeners are closed at shutdown, the handle outlives them.
         names = [listener.socket.getsockname() for listener in listeners]
@@ -68,15 +81,26 @@ class EchoServer:
         return self.addresses[0][1]
 
     def statistics(self) -> ServerStatistics:
-        """A frozen snapshot of the server's counters, open connections included."""
+        """A frozen snapshot of the server's counters, open connections included.
+
+        Synchronous and cheap (it walks the open connections); never raises.
+        """
         return self._tally.snapshot(self._active)
 
     def request_shutdown(self) -> None:
-        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it."""
+        """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
+
+        Synchronous, idempotent, never raises; safe to call from any task
+        of the server's trio run (e.g. a signal handler task).
+        """
         self._stop_requested.set()
 
     async def wait_stopped(self) -> None:
-        """Wait until :func:`serve` has closed every listener and connection."""
+        """Wait until :func:`serve` has closed every listener and connection.
+
+        Cancellation:
+          Cancelling the wait does not affect the server.
+        """
         await self._stopped.wait()
 
     async def shutdown(self) -> None:
@@ -87,6 +111,10 @@ class EchoServer:
         then echoes any byte already read, half-closes and closes cleanly.
         Connections still open after ``grace`` seconds are cancelled.  Calling
         it again, or after the server has stopped, just waits.
+
+        Cancellation:
+          Cancelling the caller's wait does not undo the shutdown: once
+          called, the server stops regardless.  Never raises otherwise.
         """
         self._stop_requested.set()
         await self._stopped.wait()
@@ -98,7 +126,13 @@ class EchoServer:
                     for listener in self.listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
                     for host, port in self.addresses:
-                        LOGGER.info("listening on %s", format_peer((host, port)))
+                        LOGGER.info(
+                            "listening on %s",
+                            format_peer((host, port)),
+                            extra=event(
+                                "start", host=host, port=port, tls=self.config.tls is not None
+                            ),
+                        )
                     task_status.started(self)
                     await self._stop_requested.wait()
                     acceptors.cancel_scope.cancel()
@@ -111,7 +145,12 @@ class EchoServer:
 
     def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
         grace = self.config.listener.grace
-        LOGGER.info("shutting down: %d connection(s) open, %s s grace", len(self._active), grace)
+        LOGGER.info(
+            "shutting down: %d connection(s) open, %s s grace",
+            len(self._active),
+            grace,
+            extra=event("stopping", active=len(self._active), grace=grace),
+        )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
         for conn in list(self._active):
@@ -173,14 +212,24 @@ class EchoServer:
             self._active.discard(conn)
             self._tally.record_close(conn, reason)
             self._slots.release()
+            duration = trio.current_time() - started
             LOGGER.info(
                 "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
                 conn.peer,
                 conn.rounds,
                 conn.bytes_in,
                 conn.bytes_out,
-                trio.current_time() - started,
+                duration,
                 reason,
+                extra=event(
+                    "close",
+                    peer=conn.peer,
+                    rounds=conn.rounds,
+                    bytes_in=conn.bytes_in,
+                    bytes_out=conn.bytes_out,
+                    duration=round(duration, 6),
+                    reason=reason,
+                ),
             )
 
     def _connection_for(self, stream: trio.SocketStream) -> Connection:
@@ -189,6 +238,15 @@ class EchoServer:
             peer = format_peer(stream.socket.getpeername())
         except OSError:
             peer = "unknown peer"
+        tls = self.config.tls
+        if self._ssl_context is not None and tls is not None:
+            return TLSConnection(
+                stream,
+                self._ssl_context,
+                config,
+                peer=peer,
+                handshake_timeout=tls.handshake_timeout,
+            )
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
@@ -215,10 +273,12 @@ async def serve(
 ) -> None:
     """Run an echo server until it is shut down or cancelled.
 
-    Binds ``config.listener.host``/``port`` (``port=0`` picks a free port;
-    ``host=None`` binds every address, possibly on different ports for IPv4
-    and IPv6 -- see :attr:`EchoServer.addresses`), logs ``listening on
-    HOST:PORT`` for each, and runs one task per connection.
+    With ``config.tls`` set, loads the certificate first and serves echo
+    over TLS (see :class:`TLSConfig`).  Binds ``config.listener.host``/``port``
+    (``port=0`` picks a free port; ``host=None`` binds every address,
+    possibly on different ports for IPv4 and IPv6 -- see
+    :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
+    and runs one task per connection.
 
     Usage::
 
@@ -236,12 +296,16 @@ async def serve(
 
     Error handling:
       Binding errors (address in use, permission denied, unknown host) raise
-      :exc:`OSError` before the server starts.  A connection's errors end only
-      that connection, with a close reason.  ``accept()`` running out of file
+      :exc:`OSError` before the server starts, and so do TLS files that are
+      missing or invalid (:exc:`ssl.SSLError` is an ``OSError``).  A
+      connection's errors end only that connection, with a close reason (a
+      TLS handshake that fails or does not finish within
+      ``tls.handshake_timeout``: ``tls-error``).  ``accept()`` running out of file
       descriptors or memory is logged and retried after 100 ms.
     """
+    context = None if config.tls is None else server_context(config.tls)
     listener_config = config.listener
     listeners = await trio.open_tcp_listeners(
         listener_config.port, host=listener_config.host, backlog=listener_config.backlog
     )
-    await EchoServer(config, listeners)._run(task_status)
+    await EchoServer(config, listeners, ssl_context=context)._run(task_status)

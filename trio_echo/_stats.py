@@ -24,7 +24,10 @@ class ServerStatistics:
     """A snapshot of a server's counters, from :meth:`EchoServer.statistics`.
 
     Counters cover the server's whole life so far; the open connections'
-    rounds and bytes are included up to the moment of the snapshot.
+    rounds and bytes are included up to the moment of the snapshot.  Frozen
+    (assigning raises :exc:`attrs.exceptions.FrozenInstanceError`), compared
+    by value, and never changes after it is taken; take another for newer
+    figures.  Plain data: no I/O, nothing to cancel.
     """
 
     active: int

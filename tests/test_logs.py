@@ -1,0 +1,149 @@
+"""Periodic statistics lines and the JSON log format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import socket
+import sys
+
+import pytest
+import trio
+import trio.testing
+
+from trio_echo import ServerStatistics
+from trio_echo._logs import JSONFormatter, event, report_statistics
+
+from .test_cli import ServerProcess, read_until_eof
+
+
+def snapshot(**counters: int) -> ServerStatistics:
+    base = dict.fromkeys(
+        ("active", "accepted", "closed", "rounds", "bytes_in", "bytes_out"), 0
+    ) | {"limit_waits": 0, "accept_errors": 0}
+    closed = counters.get("closed", 0)
+    return ServerStatistics(
+        closed_by_reason={"eof": closed} if closed else {}, **(base | counters)
+    )
+
+
+class FakeServer:
+    """Hands out prepared snapshots, one per statistics() call."""
+
+    def __init__(self, *snapshots: ServerStatistics) -> None:
+        self._snapshots = list(snapshots)
+
+    def statistics(self) -> ServerStatistics:
+        return self._snapshots.pop(0)
+
+
+async def test_one_line_per_interval_with_rates_since_the_last(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    server = FakeServer(
+        snapshot(),
+        snapshot(active=2, accepted=4, closed=2, rounds=10, bytes_in=2000, bytes_out=1000),
+        snapshot(active=0, accepted=5, closed=5, rounds=30, bytes_in=2000, bytes_out=9000),
+    )
+    with trio.move_on_after(4.5):
+        await report_statistics(server, 2.0)
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "stats"]
+    assert [r.getMessage() for r in lines] == [
+        "stats: active=2 accepted=4 closed=2 (eof=2) rounds=10 bytes_in=2000 bytes_out=1000; "
+        "per second: accepted=2.0 rounds=5.0 bytes_in=1000 bytes_out=500",
+        "stats: active=0 accepted=5 closed=5 (eof=5) rounds=30 bytes_in=2000 bytes_out=9000; "
+        "per second: accepted=0.5 rounds=10.0 bytes_in=0 bytes_out=4000",
+    ]
+    fields = lines[1].fields  # type: ignore[attr-defined]
+    assert fields["per_second"] == {
+        "accepted": 0.5,
+        "closed": 1.5,
+        "rounds": 10.0,
+        "bytes_in": 0.0,
+        "bytes_out": 4000.0,
+    }
+    assert (fields["interval"], fields["closed_by_reason"]) == (2.0, {"eof": 5})
+
+
+async def test_no_closes_yet_reads_none(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    with trio.move_on_after(1.5):
+        await report_statistics(FakeServer(snapshot(), snapshot(active=1, accepted=1)), 1.0)
+    assert "closed=0 (none)" in caplog.records[-1].getMessage()
+
+
+def test_json_formatter_puts_event_fields_at_top_level() -> None:
+    record = logging.LogRecord("trio_echo", logging.INFO, __file__, 1, "closed %s", ("x",), None)
+    for key, value in event("close", peer="127.0.0.1:5", rounds=3).items():
+        setattr(record, key, value)
+    line = json.loads(JSONFormatter().format(record))
+    assert line.pop("time").endswith("Z")
+    assert line == {
+        "level": "INFO",
+        "event": "close",
+        "message": "closed x",
+        "peer": "127.0.0.1:5",
+        "rounds": 3,
+    }
+
+
+def test_json_formatter_plain_record_and_exception() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "trio_echo", logging.ERROR, __file__, 1, "oops", (), exc_info=sys.exc_info()
+        )
+    line = json.loads(JSONFormatter().format(record))
+    assert (line["event"], line["message"]) == ("log", "oops")
+    assert "RuntimeError: boom" in line["exception"]
+
+
+def test_cli_json_log_has_start_close_stats_and_shutdown_objects() -> None:
+    server = ServerProcess(
+        "--log-format", "json", "--stats-interval", "0.2", "--rounds", "1", "--framing", "line"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"hi\nthere\n")
+            assert read_until_eof(client) == b"hi\n"
+        server.wait_for(re.compile(r'"event":"close"'))
+        server.wait_for(re.compile(r'"event":"stats".*"closed":1'))
+        server.proc.send_signal(signal.SIGTERM)
+        status, rest = server.finish()
+    finally:
+        server.kill()
+    assert status == 0
+    # Every line is one JSON object; the last is the summary.
+    lines = [json.loads(line) for line in rest.splitlines()]
+    summary = lines[-1]
+    assert summary["event"] == "shutdown"
+    assert (summary["accepted"], summary["rounds"], summary["closed_by_reason"]) == (
+        1,
+        1,
+        {"rounds": 1},
+    )
+
+
+def test_cli_json_start_and_close_objects() -> None:
+    server = ServerProcess("--log-format", "json")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"abc")
+            assert client.recv(3) == b"abc"
+            client.shutdown(socket.SHUT_WR)
+            assert read_until_eof(client) == b""
+        close = json.loads(server.wait_for(re.compile(r'^\{"time".*"event":"close".*')).group())
+        server.proc.send_signal(signal.SIGTERM)
+        status, _ = server.finish()
+    finally:
+        server.kill()
+    assert status == 0
+    assert close["reason"] == "eof"
+    assert (close["rounds"], close["bytes_in"], close["bytes_out"]) == (1, 3, 3)
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", close["peer"])

@@ -1,0 +1,84 @@
+"""The public API: exactly the documented names, each documented; the typed example runs."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import trio_echo
+from trio_echo import ConnectionConfig, EchoServer
+from trio_echo.pytest_plugin import EchoServerFactory
+
+from . import typing_example
+
+README = Path(__file__).parent.parent / "README.md"
+
+PUBLIC = {
+    "ConnectionConfig",
+    "EchoProtocol",
+    "EchoServer",
+    "Framing",
+    "ListenerConfig",
+    "ServerConfig",
+    "ServerStatistics",
+    "TLSConfig",
+    "__version__",
+    "serve",
+}
+
+
+def test_all_is_exactly_the_public_names() -> None:
+    assert set(trio_echo.__all__) == PUBLIC
+    assert len(trio_echo.__all__) == len(PUBLIC)
+    exported = {name for name in vars(trio_echo) if not name.startswith("_")}
+    # Submodules (the pytest plugin, once imported) are not re-exported names.
+    assert exported - PUBLIC <= {"pytest_plugin"}
+
+
+def test_every_public_name_and_method_has_a_docstring() -> None:
+    for name in PUBLIC - {"__version__"}:
+        obj = getattr(trio_echo, name)
+        assert (obj.__doc__ or "").strip(), name
+        if inspect.isclass(obj):
+            for member_name, member in vars(obj).items():
+                if not member_name.startswith("_") and (
+                    callable(member) or isinstance(member, property)
+                ):
+                    assert member.__doc__, f"{name}.{member_name}"
+
+
+def test_serve_and_shutdown_document_errors_and_cancellation() -> None:
+    for doc in (trio_echo.serve.__doc__, EchoServer.shutdown.__doc__):
+        assert doc is not None
+        assert "Cancellation:" in doc
+    assert "Raises:" in (ConnectionConfig.__doc__ or "")
+
+
+async def test_typing_example_embeds_and_shuts_down() -> None:
+    stats = await typing_example.embed()
+    assert (stats.accepted, stats.rounds, stats.closed_by_reason) == (1, 1, {"rounds": 1})
+
+
+async def test_typing_example_against_the_fixtures(
+    echo_server: EchoServer, echo_server_factory: EchoServerFactory
+) -> None:
+    await typing_example.check_client(echo_server)
+    assert await typing_example.check_factory(echo_server_factory) == 0
+    assert typing_example.framing_of(ConnectionConfig(framing="line")) == "line"
+
+
+def test_readme_embedding_example_runs_as_shown() -> None:
+    text = README.read_text()
+    section = text.split("## Embedding it in a trio program", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    result = subprocess.run(
+        [sys.executable, "-c", match.group(1)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "b'hello\\n'"
+    assert lines[1].startswith("ServerStatistics(active=")

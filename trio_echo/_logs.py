@@ -1,0 +1,101 @@
+"""Log output for operators: the JSON line format and the periodic statistics line.
+
+Log records that mark an event carry it in ``extra``: ``event`` (``start``,
+``close``, ``stats``, ``stopping``, ``shutdown``) and ``fields`` (a dict of
+JSON-able values).  The text format shows only the message, which already
+holds the same figures; :class:`JSONFormatter` writes one JSON object per
+line with the event and its fields as keys, for log shippers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import trio
+
+from ._stats import ServerStatistics
+
+__all__ = ["JSONFormatter", "event", "report_statistics"]
+
+LOGGER = logging.getLogger("trio_echo")
+
+
+def event(name: str, **fields: object) -> dict[str, Any]:
+    """The ``extra=`` for a log call that marks event *name* with *fields*."""
+    return {"event": name, "fields": fields}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``event``
+    (``log`` for records that mark none), ``message``, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        line: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, separators=(",", ":"))
+
+
+class HasStatistics(Protocol):
+    def statistics(self) -> ServerStatistics: ...
+
+
+async def report_statistics(server: HasStatistics, interval: float) -> None:
+    """Log one ``stats`` line every *interval* seconds until cancelled.
+
+    Each line has the server's totals and the rates per second since the
+    previous line (since the call, for the first).
+    """
+    last = server.statistics()
+    last_time = trio.current_time()
+    while True:
+        await trio.sleep(interval)
+        now = server.statistics()
+        now_time = trio.current_time()
+        elapsed = now_time - last_time
+        rates = {
+            name: round((getattr(now, name) - getattr(last, name)) / elapsed, 3)
+            for name in ("accepted", "closed", "rounds", "bytes_in", "bytes_out")
+        }
+        by_reason = " ".join(f"{reason}={n}" for reason, n in now.closed_by_reason.items())
+        LOGGER.info(
+            "stats: active=%d accepted=%d closed=%d (%s) rounds=%d bytes_in=%d bytes_out=%d; "
+            "per second: accepted=%.1f rounds=%.1f bytes_in=%.0f bytes_out=%.0f",
+            now.active,
+            now.accepted,
+            now.closed,
+            by_reason or "none",
+            now.rounds,
+            now.bytes_in,
+            now.bytes_out,
+            rates["accepted"],
+            rates["rounds"],
+            rates["bytes_in"],
+            rates["bytes_out"],
+            extra=event(
+                "stats",
+                active=now.active,
+                accepted=now.accepted,
+                closed=now.closed,
+                closed_by_reason=dict(now.closed_by_reason),
+                rounds=now.rounds,
+                bytes_in=now.bytes_in,
+                bytes_out=now.bytes_out,
+                interval=round(elapsed, 3),
+                per_second=rates,
+            ),
+        )
+        last, last_time = now, now_time
