@@ -75,16 +75,12 @@ async def test_limit_keeps_extra_clients_in_backlog_without_spinning(
     assert accept_calls == calls_when_full == 3
     stats = server.statistics()
     assert (stats.accepted, stats.active, stats.closed) == (3, 3, 0)
-    # Each freed slot lets exactly one waiting client in, which then gets the
-    # bytes it sent while it waited: it was kept, not reset.
+    # Each freed slot lets exactly one waiting client in (the backlog is FIFO),
+    # which then gets the bytes it sent while it waited: it was kept, not reset.
+    in_order = served + waiting
     for i, stream in enumerate(waiting):
-        old = served.pop(0) if served else None
-        if old is not None:
-            await old.send_eof()
-            assert await receive_until_eof(old) == b""
-        else:
-            await waiting[i - 3].send_eof()
-            assert await receive_until_eof(waiting[i - 3]) == b""
+        await in_order[i].send_eof()
+        assert await receive_until_eof(in_order[i]) == b""
         assert await receive_exactly(stream, 8) == b"waited %d" % i
     for stream in waiting[-3:]:
         await stream.send_eof()
