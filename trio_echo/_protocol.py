@@ -8,7 +8,7 @@ can be tested synchronously and byte-exactly.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 __all__ = ["EchoProtocol"]
 
@@ -57,7 +57,8 @@ class EchoProtocol:
         # Rounds still allowed; None is unlimited.
         self._remaining = rounds
         # The partial line carried over from earlier chunks (line framing only).
-        self._pending = bytearray()
+        # Created only when a partial line must be kept (line framing).
+        self._pending: bytearray | bytes = _EMPTY
         #: Messages handed out for echoing so far.
         self.rounds = 0
         #: Why the connection is done, or ``None`` while it is open.
@@ -116,6 +117,7 @@ class EchoProtocol:
         # searched: a client trickling one byte at a time cannot make this quadratic.
         start = len(pending)
         if start:
+            pending = cast(bytearray, pending)  # _keep_partial made it
             pending += data
             chunk: bytes | bytearray = pending
         else:
@@ -140,9 +142,10 @@ class EchoProtocol:
                     self.reason = ROUNDS
                 self._remaining = remaining - lines
             self.rounds += lines
-            out = bytes(chunk[:end])
+            # A chunk of whole lines (the usual case) is echoed without a copy.
+            out = chunk if end == len(chunk) and chunk is not pending else bytes(chunk[:end])
         if self.reason is not None:
-            self._pending = bytearray()
+            self._pending = _EMPTY
         elif too_long:
             self._fail_line_too_long()
         else:
@@ -150,8 +153,11 @@ class EchoProtocol:
         return out
 
     def _keep_partial(self, chunk: bytes | bytearray, end: int) -> None:
-        if chunk is self._pending:
-            del self._pending[:end]
+        if isinstance(chunk, bytearray):  # the pending buffer, grown in place
+            if end == len(chunk):
+                self._pending = _EMPTY  # an idle connection keeps no buffer
+            else:
+                del chunk[:end]
         elif end < len(chunk):
             self._pending = bytearray(chunk[end:])
         # A line that cannot fit in max_message can never be echoed whole.
@@ -160,7 +166,7 @@ class EchoProtocol:
 
     def _fail_line_too_long(self) -> None:
         self.reason = LINE_TOO_LONG
-        self._pending = bytearray()
+        self._pending = _EMPTY
 
     def _close(self, reason: str) -> Data:
         self._check_open()
@@ -168,7 +174,7 @@ class EchoProtocol:
         if not self._pending:
             return _EMPTY
         out = bytes(self._pending)
-        self._pending = bytearray()
+        self._pending = _EMPTY
         self.rounds += 1
         if self._remaining is not None:
             self._remaining -= 1

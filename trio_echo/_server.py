@@ -193,44 +193,50 @@ class EchoServer:
                 slots.release()
                 raise
             else:
-                handlers.start_soon(self._handle, stream)
+                self._start_connection(stream, handlers)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        started = trio.current_time()
-        conn = self._connection_for(stream)
-        # Counted here, not in the accept loop, so that no snapshot can fall
-        # between the two: accepted == closed + active always holds.
+    def _start_connection(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
+        # The connection's own serve() is the task's root coroutine: no wrapper
+        # frame per connection; the bookkeeping runs in _connection_closed.
+        try:
+            conn = self._connection_for(stream)
+        except OSError as exc:
+            # The client is already gone (or the descriptor unusable): nothing to serve.
+            LOGGER.debug("dropping a connection that failed on setup: %s", exc)
+            stream.socket.close()
+            self._tally.accept_errors += 1
+            self._slots.release()
+            return
         self._tally.accepted += 1
         self._active.add(conn)
         if self._stopping:
             conn.stop()
-        reason = "error"
-        try:
-            reason = await conn.serve()
-        finally:
-            reason = conn.reason or reason
-            self._active.discard(conn)
-            self._tally.record_close(conn, reason)
-            self._slots.release()
-            duration = trio.current_time() - started
-            LOGGER.info(
-                "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
-                conn.peer,
-                conn.rounds,
-                conn.bytes_in,
-                conn.bytes_out,
-                duration,
-                reason,
-                extra=event(
-                    "close",
-                    peer=conn.peer,
-                    rounds=conn.rounds,
-                    bytes_in=conn.bytes_in,
-                    bytes_out=conn.bytes_out,
-                    duration=round(duration, 6),
-                    reason=reason,
-                ),
-            )
+        handlers.start_soon(conn.serve)
+
+    def _connection_closed(self, conn: Connection) -> None:
+        reason = conn.reason or "error"
+        self._active.discard(conn)
+        self._tally.record_close(conn, reason)
+        self._slots.release()
+        duration = trio.current_time() - conn.started
+        LOGGER.info(
+            "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
+            conn.peer,
+            conn.rounds,
+            conn.bytes_in,
+            conn.bytes_out,
+            duration,
+            reason,
+            extra=event(
+                "close",
+                peer=conn.peer,
+                rounds=conn.rounds,
+                bytes_in=conn.bytes_in,
+                bytes_out=conn.bytes_out,
+                duration=round(duration, 6),
+                reason=reason,
+            ),
+        )
 
     def _connection_for(self, stream: trio.SocketStream) -> Connection:
         config: ConnectionConfig = self.config.connection
@@ -246,13 +252,16 @@ class EchoServer:
                 config,
                 peer=peer,
                 handshake_timeout=tls.handshake_timeout,
+                on_close=self._connection_closed,
             )
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
             sock.setblocking(False)
-            return SocketConnection(sock, config, peer=peer, buffer=self._buffer)
-        return StreamConnection(stream, config, peer=peer)
+            return SocketConnection(
+                sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
+            )
+        return StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
 
     def _warn(self, message: str, *args: object) -> None:
         """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.

@@ -28,14 +28,14 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
 
 from ._config import ConnectionConfig, TLSConfig
-from ._connection import StreamConnection
-from ._protocol import EOF, SHUTDOWN
+from ._connection import Connection, StreamConnection
+from ._protocol import SHUTDOWN
 
 __all__ = ["TLS_ERROR", "ServerTransport", "TLSConnection", "server_context"]
 
@@ -185,18 +185,22 @@ class TLSConnection(StreamConnection):
         *,
         peer: str,
         handshake_timeout: float,
+        on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self._tls = trio.SSLStream(
             ServerTransport(stream, config.drain_timeout), context, server_side=True
         )
-        super().__init__(self._tls, config, peer=peer)
+        super().__init__(self._tls, config, peer=peer, on_close=on_close)
         self._handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
 
     def stop(self) -> None:
         super().stop()
         self._handshake.cancel()
 
-    async def _echo_then_close(self) -> str:
+    # The client's close_notify is answered, as for every other reason.
+    HALF_CLOSE_AFTER_EOF = True
+
+    async def _start(self) -> str | None:
         with self._handshake:
             try:
                 await self._tls.do_handshake()
@@ -208,17 +212,14 @@ class TLSConnection(StreamConnection):
                 return SHUTDOWN
             LOGGER.info("%s: TLS handshake not completed in time", self.peer)
             return TLS_ERROR
-        try:
-            reason = await super()._echo_then_close()
-        except trio.BrokenResourceError as exc:
-            if not _is_protocol_error(exc):
-                raise  # a TCP reset, or a TCP EOF without close_notify: reason "reset"
-            LOGGER.info("%s: TLS error: %s", self.peer, _describe(exc))
-            return TLS_ERROR
-        if reason == EOF:
-            # The client's close_notify: answer it, as for every other reason.
-            await self._half_close_and_drain()
-        return reason
+        return None
+
+    def _broken(self, exc: trio.BrokenResourceError | ConnectionError) -> str:
+        if not _is_protocol_error(exc):
+            # A TCP reset, or a TCP EOF without close_notify.
+            return super()._broken(exc)
+        LOGGER.info("%s: TLS error: %s", self.peer, _describe(exc))
+        return TLS_ERROR
 
     async def _half_close_and_drain(self) -> None:
         """Send close_notify, then the lingering TCP close, within drain_timeout."""
