@@ -13,7 +13,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,8 @@ import trio
 
 from trio_echo import EchoServer, ListenerConfig, ServerConfig
 from trio_echo._config import replace_fields
+
+from .processes import TRIO_ECHO, LoggingProcess
 
 pytest_plugins = ["pytester"]
 
@@ -89,7 +90,6 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
 
 # ---- the real console script as a child process ----
 
-TRIO_ECHO = str(Path(sys.executable).with_name("trio-echo"))
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -224,3 +224,22 @@ def fd_headroom() -> Iterator[Callable[[int], None]]:
 
     yield ensure
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+Spawn = Callable[..., LoggingProcess]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start LoggingProcesses (same arguments); those still running when the test
+    ends are killed by PID."""
+    started: list[LoggingProcess] = []
+
+    def start(*args: Any, **kwargs: Any) -> LoggingProcess:
+        process = LoggingProcess(*args, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -210,7 +210,12 @@ def test_help_lists_every_option() -> None:
         "--grace",
         "--log-level",
         "--version",
+        "--workers",
+        "--fd",
+        "--proxy-protocol",
+        "--proxy-timeout",
     } <= options
+    assert "--worker-of" not in options
 
 
 def test_main_in_process_builds_config_errors_as_usage(

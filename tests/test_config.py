@@ -18,6 +18,8 @@ def test_defaults() -> None:
         "backlog": None,
         "max_connections": 1000,
         "grace": 5.0,
+        "proxy_protocol": False,
+        "proxy_timeout": 3.0,
     }
     assert attrs.asdict(config.connection) == {
         "rounds": None,
@@ -39,6 +41,8 @@ def test_defaults() -> None:
         (ListenerConfig, "grace", -0.5, ValueError),
         (ListenerConfig, "grace", float("nan"), ValueError),
         (ListenerConfig, "host", 127, TypeError),
+        (ListenerConfig, "proxy_protocol", 1, TypeError),
+        (ListenerConfig, "proxy_timeout", 0, ValueError),
         (ConnectionConfig, "rounds", 0, ValueError),
         (ConnectionConfig, "rounds", -1, ValueError),
         (ConnectionConfig, "rounds", True, TypeError),

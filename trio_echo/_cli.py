@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
@@ -17,7 +20,15 @@ from . import __version__
 from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig, TLSConfig
 from ._logs import JSONFormatter, event, report_statistics
 from ._server import EchoServer, serve
+from ._sockets import (
+    bind_reuseport_groups,
+    describe_sockets,
+    has_reuseport,
+    listening_socket_from_fd,
+    systemd_listen_fds,
+)
 from ._stats import ServerStatistics
+from ._supervisor import Supervisor, WorkerSpec, die_with_parent
 from ._tls import server_context
 
 __all__ = ["main"]
@@ -64,14 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add(
         "--host",
-        default=defaults_l.host,
-        help="address to bind; '' or '*' binds every address (default: %(default)s)",
+        default=None,
+        help=f"address to bind; '' or '*' binds every address (default: {defaults_l.host})",
     )
     add(
         "--port",
         type=int,
-        default=defaults_l.port,
-        help="TCP port; 0 picks a free one, logged at start (default: %(default)s)",
+        default=None,
+        help=f"TCP port; 0 picks a free one, logged at start (default: {defaults_l.port})",
+    )
+    add(
+        "--fd",
+        type=int,
+        action="append",
+        metavar="N",
+        help="serve on the inherited listening socket N instead of binding; repeatable "
+        "(default: systemd's LISTEN_FDS sockets if LISTEN_PID is this process, else bind)",
+    )
+    add(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=1,
+        help="run N worker processes sharing the port with SO_REUSEPORT (Linux), "
+        "restarted if they die (default: %(default)s)",
     )
     add(
         "--rounds",
@@ -98,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         default=defaults_l.max_connections,
-        help="connections open at once; more wait in the backlog (default: %(default)s)",
+        help="connections open at once, per worker; more wait in the backlog "
+        "(default: %(default)s)",
     )
     add(
         "--idle-timeout",
@@ -113,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         default=defaults_l.grace,
         help="on shutdown, time allowed to finish echoes in progress (default: %(default)s)",
+    )
+    add(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol v1/v2 header (HAProxy send-proxy, AWS NLB) on every "
+        "connection and report the client it names",
+    )
+    add(
+        "--proxy-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=defaults_l.proxy_timeout,
+        help="with --proxy-protocol, time allowed for the header (default: %(default)s)",
     )
     add("--certfile", metavar="PEM", help="serve over TLS with this certificate chain")
     add("--keyfile", metavar="PEM", help="the private key, if not in --certfile (needs it)")
@@ -144,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line (default: %(default)s)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
+    # Internal: set by the --workers parent on the command lines of its workers.
+    add("--worker-of", metavar="PID:NUMBER", help=argparse.SUPPRESS)
     return parser
 
 
@@ -153,7 +196,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     Raises:
       ValueError, TypeError: from the config validators, naming the field.
     """
-    host = None if args.host in ("", "*") else args.host
+    defaults = ListenerConfig()
+    host = defaults.host if args.host is None else args.host
+    host = None if host in ("", "*") else host
+    port = defaults.port if args.port is None else args.port
     idle = None if args.idle_timeout == 0 else args.idle_timeout
     tls = None
     if args.certfile is not None:
@@ -168,7 +214,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         tls=tls,
         listener=ListenerConfig(
-            host=host, port=args.port, max_connections=args.max_connections, grace=args.grace
+            host=host,
+            port=port,
+            max_connections=args.max_connections,
+            grace=args.grace,
+            proxy_protocol=args.proxy_protocol,
+            proxy_timeout=args.proxy_timeout,
         ),
         connection=ConnectionConfig(
             rounds=args.rounds,
@@ -192,12 +243,21 @@ def _option_for(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
     try:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.error(f"argument {_option_for(str(exc))}: {exc}")
-    _configure_logging(args.log_level, args.log_format)
+    worker = _worker_of(parser, args.worker_of)
+    _check_listen_options(parser, args, worker)
+    process = "supervisor" if args.workers > 1 else None
+    if worker is not None:
+        process = f"worker {worker[1]}"
+    _configure_logging(args.log_level, args.log_format, process)
+    if worker is not None and not die_with_parent(worker[0]):
+        LOGGER.error("the supervisor (pid %d) is gone; not starting", worker[0])
+        return EXIT_FAILURE
     if config.tls is not None:
         try:
             # Fail before starting, with the file's name; serve() loads it again.
@@ -205,11 +265,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"trio-echo: error: cannot load TLS files: {_describe(exc)}", file=sys.stderr)
             return EXIT_FAILURE
+    try:
+        fds: list[int] = args.fd or systemd_listen_fds(os.environ, os.getpid())
+        sockets = [listening_socket_from_fd(fd) for fd in fds]
+    except (OSError, ValueError) as exc:
+        print(f"trio-echo: error: cannot serve on inherited sockets: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.workers > 1:
+        return _supervise(config, args.workers, arguments, sockets, explicit_fds=bool(args.fd))
+    return _serve_here(config, sockets or None, args.stats_interval)
+
+
+def _worker_of(parser: argparse.ArgumentParser, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pid, _, number = value.partition(":")
+    if not (pid.isdigit() and number.isdigit()):
+        parser.error(f"argument --worker-of: expected PID:NUMBER, got {value!r}")
+    return int(pid), int(number)
+
+
+def _check_listen_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, worker: tuple[int, int] | None
+) -> None:
+    if args.workers < 1:
+        parser.error(f"argument --workers: workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and not (has_reuseport() and hasattr(os, "pidfd_open")):
+        parser.error(
+            "argument --workers: needs SO_REUSEPORT and pidfd_open (Linux), "
+            "which this platform does not have"
+        )
+    # A worker's command line repeats the parent's --host/--port next to its --fd.
+    if args.fd and worker is None and (args.host is not None or args.port is not None):
+        parser.error("argument --fd: not allowed with --host or --port")
+
+
+def _serve_here(
+    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+) -> int:
+    """Serve in this process until a signal; return the exit status."""
     raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
     try:
-        stats = trio.run(_run, config, args.stats_interval)
+        stats = trio.run(_run, config, sockets, stats_interval)
     except* OSError as group:
         failure = _first_os_error(group)
     except* KeyboardInterrupt:
@@ -272,9 +371,59 @@ def raise_fd_limit(needed: int) -> None:
         )
 
 
-def _configure_logging(level: str, log_format: str) -> None:
+def _supervise(
+    config: ServerConfig,
+    workers: int,
+    arguments: list[str],
+    inherited: list[socket.socket],
+    *,
+    explicit_fds: bool,
+) -> int:
+    """Start *workers* worker processes and supervise them; return the exit status."""
+    if inherited:
+        # Every worker accepts on the same inherited sockets.
+        groups = [inherited] * workers
+    else:
+        listener = config.listener
+        try:
+            groups = bind_reuseport_groups(listener.host, listener.port, workers, listener.backlog)
+        except OSError as exc:
+            print(
+                f"trio-echo: error: cannot listen on {_where(config)}: {_describe(exc)}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+    LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
+    parent = os.getpid()
+    specs = []
+    for number, group in enumerate(groups, start=1):
+        fds = tuple(sock.fileno() for sock in group)
+        # Explicit --fd options are already in *arguments*, with the same numbers.
+        fd_options = [] if explicit_fds else [f"--fd={fd}" for fd in fds]
+        command = (
+            sys.executable,
+            "-m",
+            "trio_echo",
+            *arguments,
+            *fd_options,
+            "--workers=1",
+            f"--worker-of={parent}:{number}",
+        )
+        specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
+    sockets = list({id(sock): sock for group in groups for sock in group}.values())
+    supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
+    return trio.run(supervisor.run)
+
+
+def _configure_logging(level: str, log_format: str, process: str | None) -> None:
+    """Log to stderr; with --workers, every line names its *process*."""
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JSONFormatter(process=process)
+    else:
+        prefix = "" if process is None else f"[{process}] "
+        formatter = logging.Formatter(TEXT_FORMAT.replace("%(message)s", prefix + "%(message)s"))
     handler.setFormatter(formatter)
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
@@ -296,11 +445,18 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-async def _run(config: ServerConfig, stats_interval: float | None) -> ServerStatistics:
+async def _run(
+    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+) -> ServerStatistics:
     """Serve until a signal: the first shuts down gracefully, a second at once."""
+    listeners = None
+    if sockets is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            server: EchoServer = await nursery.start(serve, config)
+            server: EchoServer = await nursery.start(
+                functools.partial(serve, config, listeners=listeners)
+            )
             nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)

@@ -131,6 +131,16 @@ class ListenerConfig:
     """On graceful shutdown, how long connections may take to finish the message in
     progress before they are cancelled."""
 
+    proxy_protocol: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    """Expect every connection to start with a PROXY protocol header (v1 or v2, as
+    sent by HAProxy's ``send-proxy``/``send-proxy-v2``, AWS NLB and others) and
+    report the client it names as the peer.  A connection without a valid header
+    is closed with reason ``proxy-error``; none of its bytes are echoed."""
+
+    proxy_timeout: float = attrs.field(default=3.0, validator=_seconds(allow_zero=False))
+    """With :attr:`proxy_protocol`, how long a connection may take to send its
+    complete header before it is closed with reason ``proxy-error``."""
+
 
 @attrs.frozen(kw_only=True)
 class TLSConfig:

@@ -81,6 +81,7 @@ class Connection:
         "_wait_receivable",
         "bytes_in",
         "bytes_out",
+        "initial",
         "peer",
         "reason",
         "rounds",
@@ -100,6 +101,9 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason: str | None = None
+        #: Bytes the server read from the peer before the echo loop (those after a
+        #: PROXY header): the connection's first input, as if just received.
+        self.initial: Data = b""
         self._config = config
         self._protocol = EchoProtocol(
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
@@ -169,7 +173,7 @@ class Connection:
             protocol = self._protocol
             if self._idle is not None:
                 self._scope.deadline = self._clock.current_time() + self._idle
-            try_receive = self._try_receive
+            try_receive = self._try_initial if self.initial else self._try_receive
             wait_receivable = self._wait_receivable
             with self._scope:
                 while True:
@@ -230,6 +234,16 @@ class Connection:
         """Anything to do before echoing (a TLS handshake); a close reason ends
         the connection there."""
         return None
+
+    def _try_initial(self) -> Data | None:
+        """:meth:`_try_receive`, after handing out :attr:`initial` in chunks of at
+        most max_message (the most one receive returns)."""
+        initial = self.initial
+        if not initial:
+            return self._try_receive()
+        step = self._config.max_message
+        self.initial = initial[step:]
+        return initial[:step]
 
     def _take(self, data: Data) -> Data:
         """Feed one chunk (``b""``: EOF) to the protocol; return what to echo."""

@@ -31,7 +31,14 @@ def event(name: str, **fields: object) -> dict[str, Any]:
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``event``
-    (``log`` for records that mark none), ``message``, then the event's fields."""
+    (``log`` for records that mark none), ``message``, then the event's fields.
+
+    With *process* (``--workers``: ``"supervisor"``, ``"worker 2"``), every line
+    also has ``"process"``."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self._process = process
 
     def format(self, record: logging.LogRecord) -> str:
         created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
@@ -41,6 +48,8 @@ class JSONFormatter(logging.Formatter):
             "event": getattr(record, "event", "log"),
             "message": record.getMessage(),
         }
+        if self._process is not None:
+            line["process"] = self._process
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             line.update(fields)

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import math
 import os
 import socket
 import ssl
+from collections.abc import Sequence
 from typing import Final
 
+import attrs
 import trio
 
 from ._config import ConnectionConfig, ServerConfig
-from ._connection import Connection, SocketConnection, StreamConnection, format_peer
+from ._connection import (
+    CANCELLED,
+    RESET,
+    Connection,
+    SocketConnection,
+    StreamConnection,
+    format_peer,
+)
 from ._logs import event
+from ._protocol import SHUTDOWN
+from ._proxy import MAX_HEADER, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from ._stats import ServerStatistics, Tally
 from ._tls import TLSConnection, server_context
 
@@ -30,6 +42,9 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 
 # How long to wait after one of those before calling accept() again.
 ACCEPT_RETRY_DELAY: Final = 0.100
+
+#: Close reason of a connection without a valid PROXY header (``proxy_protocol``).
+PROXY_ERROR: Final = "proxy-error"
 
 # At most one "connection limit reached" or accept-error warning per this many
 # seconds, so a flood cannot flood the log too.
@@ -61,6 +76,8 @@ class EchoServer:
         self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
         self._tally = Tally()
         self._active: set[Connection] = set()
+        # Connections still sending their PROXY header: open, but not echoing yet.
+        self._handshaking: set[_Handshake] = set()
         self._slots = trio.Semaphore(config.listener.max_connections)
         # One receive buffer for every plain-TCP connection (see SocketConnection).
         self._buffer = memoryview(bytearray(config.connection.max_message))
@@ -85,7 +102,7 @@ class EchoServer:
 
         Synchronous and cheap (it walks the open connections); never raises.
         """
-        return self._tally.snapshot(self._active)
+        return self._tally.snapshot(itertools.chain(self._active, self._handshaking))
 
     def request_shutdown(self) -> None:
         """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
@@ -147,9 +164,11 @@ class EchoServer:
         grace = self.config.listener.grace
         LOGGER.info(
             "shutting down: %d connection(s) open, %s s grace",
-            len(self._active),
+            len(self._active) + len(self._handshaking),
             grace,
-            extra=event("stopping", active=len(self._active), grace=grace),
+            extra=event(
+                "stopping", active=len(self._active) + len(self._handshaking), grace=grace
+            ),
         )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
@@ -193,7 +212,10 @@ class EchoServer:
                 slots.release()
                 raise
             else:
-                self._start_connection(stream, handlers)
+                if self.config.listener.proxy_protocol:
+                    handlers.start_soon(self._start_proxied_connection, stream, handlers)
+                else:
+                    self._start_connection(stream, handlers)
 
     def _start_connection(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
         # The connection's own serve() is the task's root coroutine: no wrapper
@@ -208,42 +230,114 @@ class EchoServer:
             self._slots.release()
             return
         self._tally.accepted += 1
+        self._serve_connection(conn, handlers)
+
+    def _serve_connection(self, conn: Connection, handlers: trio.Nursery) -> None:
         self._active.add(conn)
         if self._stopping:
             conn.stop()
         handlers.start_soon(conn.serve)
+
+    async def _start_proxied_connection(
+        self, stream: trio.SocketStream, handlers: trio.Nursery
+    ) -> None:
+        """The PROXY step, then the connection as a task of its own (this one ends).
+
+        A connection without a valid header is closed here with reason
+        ``proxy-error`` and never reaches the echo loop.
+        """
+        started = trio.current_time()
+        self._tally.accepted += 1
+        peer = _peer_of(stream)
+        handshake = _Handshake()
+        self._handshaking.add(handshake)
+        try:
+            peer, initial = await self._read_proxy_header(stream, peer)
+        except ProxyProtocolError as exc:
+            LOGGER.info("%s: bad PROXY header: %s", peer, exc)
+            await self._refuse(stream, peer, PROXY_ERROR, started)
+            return
+        except (trio.BrokenResourceError, OSError) as exc:
+            LOGGER.debug("%s: %s", peer, exc or type(exc).__name__)
+            await self._refuse(stream, peer, RESET, started)
+            return
+        except trio.Cancelled:
+            # Shutdown's grace ran out (or serve() was cancelled) mid-header.
+            await self._refuse(stream, peer, SHUTDOWN if self._stopping else CANCELLED, started)
+            raise
+        finally:
+            self._handshaking.discard(handshake)
+        try:
+            conn = self._connection_for(stream, peer=peer, initial=initial)
+        except OSError as exc:
+            LOGGER.debug("%s: %s", peer, exc)
+            await self._refuse(stream, peer, RESET, started)
+            return
+        conn.started = started
+        self._serve_connection(conn, handlers)
+
+    async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> tuple[str, bytes]:
+        """Read the PROXY header; return the peer it names and the bytes after it.
+
+        Reads at most :data:`~trio_echo._proxy.MAX_HEADER` bytes for at most
+        ``proxy_timeout`` seconds.  The peer stays *peer* when the header names no
+        TCP client (a balancer's health check).
+
+        Raises:
+          ProxyProtocolError: the header is malformed, too long, late or cut short.
+          trio.BrokenResourceError, OSError: the connection broke meanwhile.
+        """
+        timeout = self.config.listener.proxy_timeout
+        received = bytearray()
+        header: ProxyHeader | None = None
+        with trio.move_on_after(timeout):
+            while (header := parse_proxy_header(received)) is None:
+                chunk = await stream.receive_some(MAX_HEADER - len(received))
+                if not chunk:
+                    raise ProxyProtocolError("EOF before a complete PROXY header")
+                received += chunk
+        if header is None:
+            raise ProxyProtocolError(f"no complete PROXY header within {timeout} s")
+        if header.source is not None:
+            LOGGER.debug(
+                "%s: PROXY v%d header names the client %s",
+                peer,
+                header.version,
+                format_peer(header.source),
+            )
+            peer = format_peer(header.source)
+        return peer, bytes(received[header.length :])
+
+    async def _refuse(
+        self, stream: trio.SocketStream, peer: str, reason: str, started: float
+    ) -> None:
+        """Close a connection that ended before its echo loop, counting its reason."""
+        try:
+            await trio.aclose_forcefully(stream)
+        finally:
+            # Counted even when the close raises Cancelled (it has closed anyway).
+            self._tally.record_refused(reason)
+            self._slots.release()
+            _log_close(peer, 0, 0, 0, started, reason)
 
     def _connection_closed(self, conn: Connection) -> None:
         reason = conn.reason or "error"
         self._active.discard(conn)
         self._tally.record_close(conn, reason)
         self._slots.release()
-        duration = trio.current_time() - conn.started
-        LOGGER.info(
-            "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
-            conn.peer,
-            conn.rounds,
-            conn.bytes_in,
-            conn.bytes_out,
-            duration,
-            reason,
-            extra=event(
-                "close",
-                peer=conn.peer,
-                rounds=conn.rounds,
-                bytes_in=conn.bytes_in,
-                bytes_out=conn.bytes_out,
-                duration=round(duration, 6),
-                reason=reason,
-            ),
-        )
+        _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, conn.started, reason)
 
-    def _connection_for(self, stream: trio.SocketStream) -> Connection:
+    def _connection_for(
+        self, stream: trio.SocketStream, *, peer: str | None = None, initial: bytes = b""
+    ) -> Connection:
+        """The connection for *stream*; *initial*: what was read after a PROXY header.
+
+        Raises:
+          OSError: the socket is unusable (the client is already gone).
+        """
         config: ConnectionConfig = self.config.connection
-        try:
-            peer = format_peer(stream.socket.getpeername())
-        except OSError:
-            peer = "unknown peer"
+        if peer is None:
+            peer = _peer_of(stream)
         tls = self.config.tls
         if self._ssl_context is not None and tls is not None:
             return TLSConnection(
@@ -253,15 +347,21 @@ class EchoServer:
                 peer=peer,
                 handshake_timeout=tls.handshake_timeout,
                 on_close=self._connection_closed,
+                # The bytes after a PROXY header are the start of the TLS handshake.
+                received=initial,
             )
+        conn: Connection
         if isinstance(stream, trio.SocketStream):
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
             sock.setblocking(False)
-            return SocketConnection(
+            conn = SocketConnection(
                 sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
             )
-        return StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
+        else:
+            conn = StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
+        conn.initial = initial
+        return conn
 
     def _warn(self, message: str, *args: object) -> None:
         """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.
@@ -275,9 +375,50 @@ class EchoServer:
             LOGGER.warning(message, *args)
 
 
+@attrs.define(eq=False)
+class _Handshake:
+    """The counters of a connection still sending its PROXY header (all zero)."""
+
+    rounds: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def _peer_of(stream: trio.SocketStream) -> str:
+    try:
+        return format_peer(stream.socket.getpeername())
+    except OSError:
+        return "unknown peer"
+
+
+def _log_close(
+    peer: str, rounds: int, bytes_in: int, bytes_out: int, started: float, reason: str
+) -> None:
+    duration = trio.current_time() - started
+    LOGGER.info(
+        "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
+        peer,
+        rounds,
+        bytes_in,
+        bytes_out,
+        duration,
+        reason,
+        extra=event(
+            "close",
+            peer=peer,
+            rounds=rounds,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            duration=round(duration, 6),
+            reason=reason,
+        ),
+    )
+
+
 async def serve(
     config: ServerConfig,
     *,
+    listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[EchoServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an echo server until it is shut down or cancelled.
@@ -288,6 +429,12 @@ async def serve(
     possibly on different ports for IPv4 and IPv6 -- see
     :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
     and runs one task per connection.
+
+    With *listeners*, serves on those instead of binding, and ignores
+    ``host``, ``port`` and ``backlog``: this is how a socket bound with
+    ``SO_REUSEPORT`` or inherited from systemd is served.  Wrap a listening
+    stdlib socket as ``trio.SocketListener(trio.socket.from_stdlib_socket(sock))``.
+    :func:`serve` owns them from then on and closes them when it stops.
 
     Usage::
 
@@ -304,17 +451,21 @@ async def serve(
       connection at once (close reason ``cancelled``); no task outlives it.
 
     Error handling:
-      Binding errors (address in use, permission denied, unknown host) raise
-      :exc:`OSError` before the server starts, and so do TLS files that are
-      missing or invalid (:exc:`ssl.SSLError` is an ``OSError``).  A
+      An empty *listeners* raises :exc:`ValueError`.  Binding errors (address
+      in use, permission denied, unknown host) raise :exc:`OSError` before the
+      server starts, and so do TLS files that are missing or invalid
+      (:exc:`ssl.SSLError` is an ``OSError``).  A
       connection's errors end only that connection, with a close reason (a
       TLS handshake that fails or does not finish within
       ``tls.handshake_timeout``: ``tls-error``).  ``accept()`` running out of file
       descriptors or memory is logged and retried after 100 ms.
     """
+    if listeners is not None and not listeners:
+        raise ValueError("listeners must hold at least one trio.SocketListener")
     context = None if config.tls is None else server_context(config.tls)
-    listener_config = config.listener
-    listeners = await trio.open_tcp_listeners(
-        listener_config.port, host=listener_config.host, backlog=listener_config.backlog
-    )
-    await EchoServer(config, listeners, ssl_context=context)._run(task_status)
+    if listeners is None:
+        listener_config = config.listener
+        listeners = await trio.open_tcp_listeners(
+            listener_config.port, host=listener_config.host, backlog=listener_config.backlog
+        )
+    await EchoServer(config, list(listeners), ssl_context=context)._run(task_status)

@@ -81,6 +81,10 @@ class Tally:
         self.bytes_out += conn.bytes_out
         self.closed_by_reason[reason] += 1
 
+    def record_refused(self, reason: str) -> None:
+        """Count a connection closed before its echo loop started (``proxy-error``)."""
+        self.closed_by_reason[reason] += 1
+
     def snapshot(self, active: Iterable[ConnectionCounters]) -> ServerStatistics:
         rounds, bytes_in, bytes_out, n_active = self.rounds, self.bytes_in, self.bytes_out, 0
         for conn in active:

@@ -111,10 +111,13 @@ class ServerTransport(trio.abc.Stream):
     until its EOF or for at most *drain_timeout*, then closes.
     """
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, drain_timeout: float) -> None:
+    def __init__(
+        self, stream: trio.abc.HalfCloseableStream, drain_timeout: float, received: bytes = b""
+    ) -> None:
         self.stream = stream
         self._drain_timeout = drain_timeout
-        self._received = bytearray()
+        # *received*: bytes already read from *stream* (those after a PROXY header).
+        self._received = bytearray(received)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)
@@ -186,9 +189,10 @@ class TLSConnection(StreamConnection):
         peer: str,
         handshake_timeout: float,
         on_close: Callable[[Connection], None] | None = None,
+        received: bytes = b"",
     ) -> None:
         self._tls = trio.SSLStream(
-            ServerTransport(stream, config.drain_timeout), context, server_side=True
+            ServerTransport(stream, config.drain_timeout, received), context, server_side=True
         )
         super().__init__(self._tls, config, peer=peer, on_close=on_close)
         self._handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)

@@ -1,0 +1,246 @@
+"""``--workers N``: the real command, its worker processes, signals and restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from trio_echo._cli import main
+from trio_echo._sockets import bind_reuseport_groups, describe_sockets
+
+from .conftest import Spawn
+from .processes import TRIO_ECHO, LoggingProcess, echo_once, kill_if_running, wait_gone
+
+STARTED = r"started worker (\d+) \(pid (\d+)\)"
+
+
+@pytest.fixture
+def worker_pids() -> Iterator[list[int]]:
+    """Worker PIDs a test learned; any still running when it ends are killed."""
+    pids: list[int] = []
+    yield pids
+    kill_if_running(pids)
+
+
+def start_workers(spawn: Spawn, pids: list[int], *args: str) -> tuple[LoggingProcess, int]:
+    """Start ``trio-echo --workers 2`` on a free port; wait until both listen.
+
+    *pids* gets the workers' PIDs, in the order of their numbers."""
+    parent = spawn([TRIO_ECHO, "--port", "0", "--workers", "2", *args])
+    port = int(parent.wait_for(r"\[supervisor\] starting 2 workers on 127\.0\.0\.1:(\d+)")[1])
+    for number in (1, 2):
+        pids.append(int(parent.wait_for(rf"started worker {number} \(pid (\d+)\)")[1]))
+    for number in (1, 2):
+        assert int(parent.wait_for(rf"\[worker {number}\] listening on \S+:(\d+)")[1]) == port
+    return parent, port
+
+
+def test_both_workers_serve_the_same_port(spawn: Spawn, worker_pids: list[int]) -> None:
+    parent, port = start_workers(spawn, worker_pids, "--rounds", "1")
+    served: set[str] = set()
+    # The kernel hashes each connection to one socket: a few dozen reach both.
+    for i in range(200):
+        payload = f"message {i}".encode()
+        assert echo_once(port, payload) == payload
+        served.add(parent.wait_for(r"\[worker (\d)\] closed \S+: rounds=1 ")[1])
+        if served == {"1", "2"}:
+            break
+    assert served == {"1", "2"}
+    parent.signal(signal.SIGTERM)
+    status, log = parent.finish()
+    assert status == 0
+    assert "Traceback" not in log
+
+
+def test_killed_worker_is_restarted_and_serves(spawn: Spawn, worker_pids: list[int]) -> None:
+    parent, port = start_workers(spawn, worker_pids)
+    victim = worker_pids[0]
+    os.kill(victim, signal.SIGKILL)
+    parent.wait_for(r"worker 1 was killed by SIGKILL unexpectedly; restarting in 0\.5 s")
+    number, pid = parent.wait_for(STARTED).groups()
+    worker_pids.append(int(pid))
+    assert (number, int(pid) != victim) == ("1", True)
+    parent.wait_for(r"\[worker 1\] listening on")
+    # Whichever socket the kernel picks, it is served (the backlog survived).
+    for i in range(20):
+        assert echo_once(port, b"after restart %d" % i) == b"after restart %d" % i
+    parent.signal(signal.SIGTERM)
+    status, log = parent.finish()
+    assert status == 0
+    assert "Traceback" not in log
+    wait_gone(worker_pids)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_parent_stops_workers_gracefully(
+    spawn: Spawn, worker_pids: list[int], signum: signal.Signals
+) -> None:
+    parent, port = start_workers(spawn, worker_pids, "--framing", "line")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"hello\nwor")
+        assert client.recv(100) == b"hello\n"
+        parent.signal(signum)
+        # The worker holding the connection echoes the partial line, then EOF.
+        rest = bytearray()
+        while chunk := client.recv(100):
+            rest += chunk
+        assert rest == b"wor"
+    status, log = parent.finish()
+    assert status == 0
+    assert f"[supervisor] {signum.name} received: stopping 2 workers" in log
+    assert log.count(f"{signum.name} received: shutting down gracefully") == 2
+    assert "[supervisor] stopped: all 2 workers exited" in log
+    assert "Traceback" not in log
+    wait_gone(worker_pids)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def test_killed_parent_takes_its_workers_along(spawn: Spawn, worker_pids: list[int]) -> None:
+    parent, _ = start_workers(spawn, worker_pids)
+    parent.proc.kill()
+    parent.proc.wait()
+    # PR_SET_PDEATHSIG: each worker gets SIGTERM and shuts down gracefully.
+    wait_gone(worker_pids)
+
+
+def test_address_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [TRIO_ECHO, "--port", str(port), "--workers", "2"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"trio-echo: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "argument --workers: workers must be >= 1, got 0"),
+        (["--workers", "two"], "argument --workers: invalid int value"),
+        (["--fd", "three"], "argument --fd: invalid int value"),
+        (["--proxy-timeout", "0"], "argument --proxy-timeout: proxy_timeout must be"),
+        (["--proxy-timeout", "nan"], "argument --proxy-timeout: proxy_timeout must be"),
+    ],
+)
+def test_new_options_usage_errors(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_workers_without_so_reuseport_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delattr(socket, "SO_REUSEPORT")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--workers", "2"])
+    assert exit_info.value.code == 2
+    assert "argument --workers: needs SO_REUSEPORT" in capsys.readouterr().err
+
+
+def test_help_says_max_connections_is_per_worker() -> None:
+    result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
+    assert "per worker" in " ".join(result.stdout.split())
+    assert "--workers N" in result.stdout
+
+
+def test_worker_whose_supervisor_is_gone_does_not_start() -> None:
+    # PID 1 is never this test's process, so the "supervisor" is not the parent.
+    result = subprocess.run(
+        [TRIO_ECHO, "--port", "0", "--worker-of", "1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "[worker 1] the supervisor (pid 1) is gone; not starting" in result.stderr
+    assert "listening" not in result.stderr
+
+
+def test_malformed_worker_of_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--worker-of", "x"])
+    assert exit_info.value.code == 2
+    assert "argument --worker-of: expected PID:NUMBER" in capsys.readouterr().err
+
+
+def test_second_signal_to_parent_stops_workers_at_once(
+    spawn: Spawn, worker_pids: list[int]
+) -> None:
+    parent, port = start_workers(spawn, worker_pids, "--grace", "60")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.setblocking(False)
+        # Fill both directions: the worker blocks sending an echo nobody reads.
+        try:
+            for _ in range(10_000):
+                client.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        parent.signal(signal.SIGTERM)
+        parent.wait_for(r"\[worker \d\] shutting down: 1 connection")
+        parent.signal(signal.SIGTERM)
+        status, log = parent.finish(timeout=15)
+    assert status == 0, log
+    assert "[supervisor] SIGTERM received again: workers stop now" in log
+    assert "received again: stopping now" in log
+    wait_gone(worker_pids)
+
+
+def test_reuseport_groups_share_a_port_per_address() -> None:
+    groups = bind_reuseport_groups("::1", 0, 3, 16)
+    try:
+        names = {sock.getsockname()[:2] for group in groups for sock in group}
+        assert len(names) == 1
+        assert [len(group) for group in groups] == [1, 1, 1]
+        assert describe_sockets(groups[0]) == f"[::1]:{names.pop()[1]}"
+    finally:
+        for group in groups:
+            for sock in group:
+                sock.close()
+
+
+def test_reuseport_bind_failure_leaves_nothing_open() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError, match="in use"):
+            bind_reuseport_groups("127.0.0.1", taken.getsockname()[1], 2, None)
+        assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_json_log_lines_name_the_process(spawn: Spawn, worker_pids: list[int]) -> None:
+    parent = spawn([TRIO_ECHO, "--port", "0", "--workers", "2", "--log-format", "json"])
+    for _ in range(2):
+        parent.wait_for(r'"message":"listening on ')
+    parent.signal(signal.SIGTERM)
+    status, log = parent.finish()
+    assert status == 0
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
+    worker_pids.extend(
+        int(match[1])
+        for record in records
+        if (match := re.search(r"started worker \d \(pid (\d+)\)", record["message"]))
+    )
+    assert len(worker_pids) == 2
+    assert {record["process"] for record in records} == {"supervisor", "worker 1", "worker 2"}
+    wait_gone(worker_pids)
