@@ -6,6 +6,7 @@ import argparse
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -44,6 +45,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+
+# Descriptors the process needs besides one per connection: stdio, the
+# listening sockets, trio's epoll and wake-up sockets, with room to spare.
+FD_RESERVE = 32
 
 
 T = TypeVar("T")
@@ -392,6 +397,7 @@ def _serve_here(
     config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
 ) -> int:
     """Serve in this process until a signal; return the exit status."""
+    raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
     try:
@@ -427,6 +433,35 @@ def _serve_here(
         ),
     )
     return EXIT_OK
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` to *needed*, or as close as the hard limit allows.
+
+    Never lowers it.  Logs a warning when the process cannot have *needed*
+    descriptors: the server still runs, and once they are all in use,
+    ``accept()`` fails with ``EMFILE`` and is retried (clients wait in the backlog).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            LOGGER.warning("cannot raise the open file limit from %d: %s", soft, exc)
+            target = soft
+        else:
+            LOGGER.info("raised the open file limit from %d to %d", soft, target)
+    if target < needed:
+        LOGGER.warning(
+            "the open file limit (%d) is below the %d that --max-connections needs; "
+            "beyond about %d connections, new clients wait in the backlog",
+            target,
+            needed,
+            max(target - FD_RESERVE, 0),
+        )
 
 
 def _supervise(

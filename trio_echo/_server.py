@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import os
 import random
 import socket
@@ -91,7 +92,8 @@ class EchoServer:
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
-        self._last_warning = -float("inf")
+        # When each kind of warning was last logged (see _warn).
+        self._last_warning: dict[str, float] = {}
         faults = config.connection.faults
         self._faults_on = faults.enabled
         # Drawn once per server, and logged, so that a run without a seed can
@@ -420,9 +422,14 @@ class EchoServer:
         return conn
 
     def _warn(self, message: str, *args: object) -> None:
+        """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.
+
+        Each message template is limited on its own, so that hitting the
+        connection limit cannot hide running out of file descriptors.
+        """
         now = trio.current_time()
-        if now - self._last_warning >= WARNING_INTERVAL:
-            self._last_warning = now
+        if now - self._last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
+            self._last_warning[message] = now
             LOGGER.warning(message, *args)
 
 
