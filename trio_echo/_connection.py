@@ -361,6 +361,8 @@ class SocketConnection(Connection):
         sock = self._sock
         # Copy out of the shared buffer before blocking (see the class docstring).
         rest = memoryview(bytes(data))
+        # The receive that led here was progress too, however long it waited.
+        self._arm_idle()
         while rest:
             await trio.lowlevel.wait_writable(sock)
             try:
