@@ -226,8 +226,8 @@ class FaultInjector(Connection):
         # An injected delay is the server's doing, not the client's idleness:
         # the idle timeout counts from its end.
         idle = self._config.idle_timeout
-        if idle is not None and deadline + idle > self._scope.deadline:
-            self._scope.deadline = deadline + idle
+        if idle is not None and deadline + idle > self._deadline:
+            self._move_idle_deadline(deadline + idle)
         await trio.sleep_until(deadline)
 
     # ---- the halt ----
@@ -262,8 +262,9 @@ class FaultInjector(Connection):
         deadline = trio.current_time() + idle if idle is not None else math.inf
         # The echo loop's idle scope must not end the halt as "idle": a scope of
         # its own times it, and stop() cancels it at once, as a waiting receive.
-        self._scope.deadline = math.inf
+        self._move_idle_deadline(math.inf)
         self._scope = trio.CancelScope(deadline=deadline)
+        self._deadline = deadline
         if self._stopping:
             return
         self._receiving = True
