@@ -6,9 +6,16 @@ Servers come from the package's own pytest plugin (``echo_server`` and
 
 from __future__ import annotations
 
+import os
+import re
+import resource
+import signal
 import socket
 import struct
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +24,7 @@ import trio
 from trio_echo import EchoServer, ListenerConfig, ServerConfig
 from trio_echo._config import replace_fields
 
-from .processes import LoggingProcess
+from .processes import TRIO_ECHO, LoggingProcess
 
 pytest_plugins = ["pytester"]
 
@@ -79,6 +86,144 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
         # asynchronously, and the server exposes no event per counter.
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.005)
+
+
+# ---- the real console script as a child process ----
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class EchoProcess:
+    """A ``trio-echo`` child process on an ephemeral port.
+
+    A thread reads its stderr line by line as it comes, so a busy server never
+    blocks on a full pipe; :meth:`wait_for` waits for a matching line.  *nofile*
+    sets the child's ``RLIMIT_NOFILE`` (soft, hard) before it starts.
+    """
+
+    def __init__(self, *args: str, nofile: tuple[int, int] | None = None) -> None:
+        def limit_files() -> None:  # pragma: no cover - runs in the child
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+        self.proc = subprocess.Popen(
+            [TRIO_ECHO, "--port", "0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=limit_files,
+        )
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.port = int(self.wait_for(LISTENING).group(2))
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+        self.proc.stderr.close()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
+        """The first stderr line matching *pattern*, waiting up to *timeout* seconds."""
+        found: list[re.Match[str]] = []
+
+        def search() -> bool:
+            found.extend(m for line in self.lines if (m := re.search(pattern, line)))
+            return bool(found) or self._ended
+
+        with self._changed:
+            self._changed.wait_for(search, timeout)
+        if not found:
+            raise AssertionError(f"no stderr line matching {pattern!r}:\n{self.log}")
+        return found[0]
+
+    def count(self, pattern: str) -> int:
+        with self._changed:
+            return sum(1 for line in self.lines if re.search(pattern, line))
+
+    def rss_kib(self) -> int:
+        """The child's resident set size (``VmRSS``) in KiB."""
+        return proc_rss_kib(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the child has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send *signum*, wait for the exit status and the end of stderr."""
+        self.proc.send_signal(signum)
+        status = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return status
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+
+
+def proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+StartProcess = Callable[..., EchoProcess]
+
+
+@pytest.fixture
+def echo_process() -> Iterator[StartProcess]:
+    """Start ``trio-echo`` child processes; any still running at the end are killed."""
+    started: list[EchoProcess] = []
+
+    def start(*args: str, nofile: tuple[int, int] | None = None) -> EchoProcess:
+        process = EchoProcess(*args, nofile=nofile)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+def fd_headroom() -> Iterator[Callable[[int], None]]:
+    """Raise this process's soft RLIMIT_NOFILE to at least *n* (skip if the hard
+    limit forbids it); restored when the test ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def ensure(n: int) -> None:
+        if soft != resource.RLIM_INFINITY and soft < n:
+            if hard != resource.RLIM_INFINITY and hard < n:
+                pytest.skip(f"needs {n} file descriptors; the hard limit is {hard}")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+
+    yield ensure
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 Spawn = Callable[..., LoggingProcess]

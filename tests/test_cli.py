@@ -32,9 +32,11 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            text=True,
+            # Unbuffered: a buffered reader could hold lines the selector never reports.
+            bufsize=0,
         )
         self.lines: list[str] = []
+        self._partial = b""
         match = self.wait_for(LISTENING)
         self.port = int(match.group(2))
 
@@ -52,10 +54,11 @@ class ServerProcess:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not selector.select(remaining):
                     pytest.fail(f"no line matching {pattern.pattern!r} in {timeout} s")
-                line = self.proc.stderr.readline()
-                if not line:
+                data = os.read(self.proc.stderr.fileno(), 65536)
+                if not data:
                     pytest.fail(f"stderr ended before {pattern.pattern!r}: {self.lines}")
-                self.lines.append(line)
+                *complete, self._partial = (self._partial + data).split(b"\n")
+                self.lines.extend(line.decode() + "\n" for line in complete)
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -64,7 +67,7 @@ class ServerProcess:
     def finish(self, timeout: float = 10.0) -> tuple[int, str]:
         """Wait for exit; return the status and the rest of stderr."""
         assert self.proc.stderr is not None
-        rest = self.proc.stderr.read()
+        rest = (self._partial + self.proc.stderr.read()).decode()
         status = self.proc.wait(timeout)
         return status, "".join(self.lines) + rest
 
@@ -95,6 +98,17 @@ def read_until_eof(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return bytes(data)
+
+
+def recv_until_reset(sock: socket.socket) -> list[bytes]:
+    """What each receive returned before the connection was reset."""
+    chunks = []
+    try:
+        while chunk := sock.recv(100):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        return chunks
+    pytest.fail(f"clean EOF after {chunks} instead of a reset")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -162,6 +176,18 @@ def test_second_sigint_stops_at_once(server_process: type[ServerProcess]) -> Non
         (["--max-connections", "0"], "--max-connections"),
         (["--port", "eighty"], "--port"),
         (["--log-level", "loud"], "--log-level"),
+        (["--latency", "5parsecs"], "--latency"),
+        (["--latency=-1ms"], "--latency"),
+        (["--latency", "10ms", "--jitter", "20ms"], "--jitter"),
+        (["--fragment", "0"], "--fragment"),
+        (["--fragment", "1.5"], "--fragment"),
+        (["--fragment-delay", "5ms"], "--fragment-delay"),
+        (["--fragment", "1", "--fragment-delay", "soon"], "--fragment-delay"),
+        (["--bandwidth", "0"], "--bandwidth"),
+        (["--bandwidth", "64KB"], "--bandwidth"),
+        (["--stall-after", "lots"], "--stall-after"),
+        (["--reset-after", "1MB"], "--reset-after"),
+        (["--seed", "x"], "--seed"),
     ],
 )
 def test_bad_arguments_are_usage_errors(args: list[str], option: str) -> None:
@@ -171,6 +197,52 @@ def test_bad_arguments_are_usage_errors(args: list[str], option: str) -> None:
     error = result.stderr.splitlines()[-1]
     assert error.startswith(f"trio-echo: error: argument {option}")
     assert "Traceback" not in result.stderr
+
+
+def test_faults_from_the_command_line_latency_fragment_reset(
+    server_process: type[ServerProcess],
+) -> None:
+    server = server_process(
+        *("--latency", "50ms", "--jitter", "10ms", "--seed", "7"),
+        *("--fragment", "1", "--fragment-delay", "5ms", "--reset-after", "10"),
+    )
+    with server.connect() as client:
+        client.sendall(b"0123456789abcdefghij")
+        chunks = recv_until_reset(client)
+    assert b"".join(chunks) == b"0123456789"
+    # One byte per send, 5 ms apart: the client sees the pieces separately.
+    assert len(chunks) > 1
+    match = server.wait_for(re.compile(r"reason=(\S+) faults=(\S+)"))
+    assert match.group(1, 2) == ("reset-injected", "fragment:10,latency:1,reset:1")
+    server.proc.send_signal(signal.SIGTERM)
+    status, log = server.finish()
+    assert status == 0
+    assert (
+        "faults on: latency=0.05 jitter=0.01 fragment=1 fragment_delay=0.005 reset_after=10 "
+        "seed=7" in log
+    )
+
+
+def test_faults_from_the_command_line_bandwidth_stall(
+    server_process: type[ServerProcess],
+) -> None:
+    server = server_process(
+        *("--bandwidth", "64KiB/s", "--stall-after", "1KiB", "--idle-timeout", "0.5"),
+        *("--latency", "10ms", "--jitter", "5ms"),
+    )
+    with server.connect() as client:
+        client.sendall(bytes(4096))
+        assert read_until_eof(client) == bytes(1024)
+    match = server.wait_for(re.compile(r"bytes_out=(\d+) .*reason=(\S+) faults=(\S+)"))
+    assert match.group(1, 2) == ("1024", "stalled")
+    assert re.fullmatch(r"bandwidth:\d+,latency:1,stall:1", match.group(3))
+    server.proc.send_signal(signal.SIGTERM)
+    status, log = server.finish()
+    assert status == 0
+    # Without --seed the server draws one and logs it, to replay the run.
+    assert re.search(
+        r"faults on: latency=0.01 jitter=0.005 bandwidth=65536 stall_after=1024 seed=\d+\n", log
+    )
 
 
 def test_address_in_use_is_one_line_and_exit_1() -> None:
@@ -210,6 +282,14 @@ def test_help_lists_every_option() -> None:
         "--grace",
         "--log-level",
         "--version",
+        "--latency",
+        "--jitter",
+        "--fragment",
+        "--fragment-delay",
+        "--bandwidth",
+        "--stall-after",
+        "--reset-after",
+        "--seed",
         "--workers",
         "--fd",
         "--proxy-protocol",

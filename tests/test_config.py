@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_echo import ConnectionConfig, ListenerConfig, ServerConfig
+from trio_echo import ConnectionConfig, Faults, ListenerConfig, ServerConfig
 
 
 def test_defaults() -> None:
@@ -27,7 +27,18 @@ def test_defaults() -> None:
         "max_message": 65536,
         "idle_timeout": 300.0,
         "drain_timeout": 2.0,
+        "faults": {
+            "latency": 0.0,
+            "jitter": 0.0,
+            "fragment": None,
+            "fragment_delay": 0.0,
+            "bandwidth": None,
+            "stall_after": None,
+            "reset_after": None,
+            "seed": None,
+        },
     }
+    assert not config.connection.faults.enabled
 
 
 @pytest.mark.parametrize(
@@ -53,6 +64,21 @@ def test_defaults() -> None:
         (ConnectionConfig, "idle_timeout", 0, ValueError),
         (ConnectionConfig, "idle_timeout", "5", TypeError),
         (ConnectionConfig, "drain_timeout", float("inf"), ValueError),
+        (ConnectionConfig, "faults", {"latency": 1}, TypeError),
+        (Faults, "latency", -0.001, ValueError),
+        (Faults, "latency", float("nan"), ValueError),
+        (Faults, "latency", "50ms", TypeError),
+        (Faults, "jitter", -1, ValueError),
+        (Faults, "fragment", 0, ValueError),
+        (Faults, "fragment", 1.0, TypeError),
+        (Faults, "fragment_delay", -1, ValueError),
+        (Faults, "bandwidth", 0, ValueError),
+        (Faults, "bandwidth", True, TypeError),
+        (Faults, "stall_after", -1, ValueError),
+        (Faults, "reset_after", -1, ValueError),
+        (Faults, "reset_after", 1.5, TypeError),
+        (Faults, "seed", -1, ValueError),
+        (Faults, "seed", "7", TypeError),
     ],
 )
 def test_invalid_values_raise_naming_the_field(
@@ -66,6 +92,32 @@ def test_valid_edge_values() -> None:
     assert ListenerConfig(port=0, grace=0).grace == 0
     assert ConnectionConfig(rounds=1, idle_timeout=None, max_message=1).rounds == 1
     assert ListenerConfig(host=None).host is None
+
+
+def test_jitter_cannot_exceed_latency() -> None:
+    assert Faults(latency=0.05, jitter=0.05).jitter == 0.05
+    with pytest.raises(ValueError, match=r"^jitter must not exceed latency \(0.05 s\)"):
+        Faults(latency=0.05, jitter=0.06)
+    with pytest.raises(ValueError, match=r"^jitter"):
+        Faults(jitter=0.01)
+
+
+def test_fragment_delay_needs_fragment() -> None:
+    assert Faults(fragment=1, fragment_delay=0.005).fragment_delay == 0.005
+    with pytest.raises(ValueError, match=r"^fragment_delay needs fragment"):
+        Faults(fragment_delay=0.005)
+
+
+def test_faults_are_part_of_the_connection_config() -> None:
+    faults = Faults(latency=30, seed=7)
+    config = ServerConfig(connection=ConnectionConfig(faults=faults))
+    assert config.connection.faults is faults
+    assert faults.enabled
+    assert not Faults(seed=7).enabled
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        faults.latency = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Faults(30)  # type: ignore[call-arg]
 
 
 def test_frozen_and_keyword_only() -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+from typing import Any
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ from .test_cli import ServerProcess, read_until_eof
 
 
 def snapshot(**counters: int) -> ServerStatistics:
-    base = dict.fromkeys(
+    base: dict[str, Any] = dict.fromkeys(
         ("active", "accepted", "closed", "rounds", "bytes_in", "bytes_out"), 0
     ) | {"limit_waits": 0, "accept_errors": 0}
     closed = counters.get("closed", 0)

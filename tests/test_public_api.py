@@ -20,6 +20,7 @@ PUBLIC = {
     "ConnectionConfig",
     "EchoProtocol",
     "EchoServer",
+    "Faults",
     "Framing",
     "ListenerConfig",
     "ServerConfig",

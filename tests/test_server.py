@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from trio_echo import EchoServer, ServerStatistics, serve
 from trio_echo.pytest_plugin import EchoServerFactory

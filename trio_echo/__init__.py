@@ -8,7 +8,14 @@ or start servers from a pytest-trio suite with the fixtures of
 :mod:`trio_echo.pytest_plugin` (``pip install 'trio-echo[pytest]'``).
 """
 
-from ._config import ConnectionConfig, Framing, ListenerConfig, ServerConfig, TLSConfig
+from ._config import (
+    ConnectionConfig,
+    Faults,
+    Framing,
+    ListenerConfig,
+    ServerConfig,
+    TLSConfig,
+)
 from ._protocol import EchoProtocol
 from ._server import EchoServer, serve
 from ._stats import ServerStatistics
@@ -18,6 +25,7 @@ __all__ = [
     "ConnectionConfig",
     "EchoProtocol",
     "EchoServer",
+    "Faults",
     "Framing",
     "ListenerConfig",
     "ServerConfig",

@@ -6,17 +6,18 @@ import argparse
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import NoReturn, TypeVar
 
 import attrs
 import trio
 
 from . import __version__
-from ._config import FRAMINGS, ConnectionConfig, ListenerConfig, ServerConfig, TLSConfig
+from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
 from ._logs import JSONFormatter, event, report_statistics
 from ._server import EchoServer, serve
 from ._sockets import (
@@ -29,6 +30,7 @@ from ._sockets import (
 from ._stats import ServerStatistics
 from ._supervisor import Supervisor, WorkerSpec, die_with_parent
 from ._tls import server_context
+from ._units import parse_duration, parse_rate, parse_size
 
 __all__ = ["main"]
 
@@ -43,6 +45,32 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+
+# Descriptors the process needs besides one per connection: stdio, the
+# listening sockets, trio's epoll and wake-up sockets, with room to spare.
+FD_RESERVE = 32
+
+
+T = TypeVar("T")
+
+
+def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """An argparse ``type`` whose errors carry *parse*'s message (argparse
+    would otherwise print only ``invalid <function name> value``)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+DURATION = _typed(parse_duration, "duration")
+SIZE = _typed(parse_size, "size")
+RATE = _typed(parse_rate, "rate")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="log the server's statistics every SECONDS (default: off)",
     )
+    _add_fault_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     add(
         "--log-format",
@@ -183,6 +212,65 @@ def build_parser() -> argparse.ArgumentParser:
     # Internal: set by the --workers parent on the command lines of its workers.
     add("--worker-of", metavar="PID:NUMBER", help=argparse.SUPPRESS)
     return parser
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+    faults = parser.add_argument_group(
+        "faults",
+        "misbehave on purpose, to test clients (all off by default). "
+        "Durations take ms or s (50ms, 1.5s); sizes take B, KiB, MiB or GiB (64KiB).",
+    )
+    add = faults.add_argument
+    add("--latency", type=DURATION, metavar="DURATION", default=0.0, help="delay each echo")
+    add(
+        "--jitter",
+        type=DURATION,
+        metavar="DURATION",
+        default=0.0,
+        help="vary each delay uniformly by up to +/- this (at most --latency)",
+    )
+    add(
+        "--fragment",
+        type=SIZE,
+        metavar="SIZE",
+        default=None,
+        help="write each echo in pieces of at most SIZE bytes, one send each",
+    )
+    add(
+        "--fragment-delay",
+        type=DURATION,
+        metavar="DURATION",
+        default=0.0,
+        help="wait this long between the pieces of an echo (needs --fragment)",
+    )
+    add(
+        "--bandwidth",
+        type=RATE,
+        metavar="RATE",
+        default=None,
+        help="pace each connection's echoes to RATE bytes per second (64KiB or 64KiB/s)",
+    )
+    add(
+        "--stall-after",
+        type=SIZE,
+        metavar="SIZE",
+        default=None,
+        help="after echoing SIZE bytes, stop reading and writing until the idle timeout",
+    )
+    add(
+        "--reset-after",
+        type=SIZE,
+        metavar="SIZE",
+        default=None,
+        help="after echoing SIZE bytes, abort the connection with a TCP reset",
+    )
+    add(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=None,
+        help="seed for --jitter, to replay a run (default: drawn at start and logged)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -221,6 +309,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             framing=args.framing,
             max_message=args.max_message,
             idle_timeout=idle,
+            faults=Faults(
+                latency=args.latency,
+                jitter=args.jitter,
+                fragment=args.fragment,
+                fragment_delay=args.fragment_delay,
+                bandwidth=args.bandwidth,
+                stall_after=args.stall_after,
+                reset_after=args.reset_after,
+                seed=args.seed,
+            ),
         ),
     )
 
@@ -299,6 +397,7 @@ def _serve_here(
     config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
 ) -> int:
     """Serve in this process until a signal; return the exit status."""
+    raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
     try:
@@ -334,6 +433,35 @@ def _serve_here(
         ),
     )
     return EXIT_OK
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` to *needed*, or as close as the hard limit allows.
+
+    Never lowers it.  Logs a warning when the process cannot have *needed*
+    descriptors: the server still runs, and once they are all in use,
+    ``accept()`` fails with ``EMFILE`` and is retried (clients wait in the backlog).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            LOGGER.warning("cannot raise the open file limit from %d: %s", soft, exc)
+            target = soft
+        else:
+            LOGGER.info("raised the open file limit from %d to %d", soft, target)
+    if target < needed:
+        LOGGER.warning(
+            "the open file limit (%d) is below the %d that --max-connections needs; "
+            "beyond about %d connections, new clients wait in the backlog",
+            target,
+            needed,
+            max(target - FD_RESERVE, 0),
+        )
 
 
 def _supervise(

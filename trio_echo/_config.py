@@ -17,7 +17,14 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-__all__ = ["ConnectionConfig", "Framing", "ListenerConfig", "ServerConfig", "TLSConfig"]
+__all__ = [
+    "ConnectionConfig",
+    "Faults",
+    "Framing",
+    "ListenerConfig",
+    "ServerConfig",
+    "TLSConfig",
+]
 
 #: How a byte stream is split into messages: ``"raw"`` (one receive is one
 #: message) or ``"line"`` (a message ends with ``b"\n"``).
@@ -67,6 +74,95 @@ def _optional(validator: Any) -> Any:
     return attrs.validators.optional(validator)
 
 
+def _jitter_within_latency(
+    instance: Faults, attribute: attrs.Attribute[Any], value: float
+) -> None:
+    if value > instance.latency:
+        raise ValueError(
+            f"jitter must not exceed latency ({instance.latency!r} s), got {value!r}: "
+            "a delay of latency +/- jitter would be negative"
+        )
+
+
+def _delay_needs_fragment(instance: Faults, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value and instance.fragment is None:
+        raise ValueError(f"fragment_delay needs fragment (the piece size), got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Faults:
+    """Misbehaviour injected on purpose, to test clients against a bad server.
+
+    Every fault is off by default; :attr:`enabled` says whether any is on, and
+    only then does a connection pay for the fault layer.  Faults act on the
+    echo (the server-to-client direction), in this order: *latency* before
+    each echo, then the echo is written in pieces (*fragment*, *bandwidth*),
+    and the connection halts (*stall_after*, *reset_after*) once the given
+    number of bytes has been echoed.
+
+    Example::
+
+        ConnectionConfig(faults=Faults(latency=0.05, jitter=0.01, seed=7, fragment=1))
+
+    Frozen and keyword-only; construction does no I/O.
+
+    Raises:
+      TypeError: a value of the wrong type (``bool`` is not an ``int``, a
+        duration is a number of seconds, not a string), or a positional argument.
+      ValueError: a value out of range, ``jitter`` above ``latency``, or
+        ``fragment_delay`` without ``fragment``; the message names the field.
+    """
+
+    latency: float = attrs.field(default=0.0, validator=_seconds(allow_zero=True))
+    """Seconds to wait before each echo; ``0`` is off."""
+
+    jitter: float = attrs.field(
+        default=0.0, validator=[_seconds(allow_zero=True), _jitter_within_latency]
+    )
+    """Each delay is ``latency + uniform(-jitter, +jitter)`` seconds, drawn from a
+    generator seeded with :attr:`seed`; at most :attr:`latency`, so no delay is negative."""
+
+    fragment: int | None = attrs.field(default=None, validator=_optional(_int_in_range(1)))
+    """Write each echo in pieces of at most this many bytes, one send per piece;
+    ``None`` is off."""
+
+    fragment_delay: float = attrs.field(
+        default=0.0, validator=[_seconds(allow_zero=True), _delay_needs_fragment]
+    )
+    """Seconds to wait between the pieces of one echo (needs :attr:`fragment`)."""
+
+    bandwidth: int | None = attrs.field(default=None, validator=_optional(_int_in_range(1)))
+    """Pace the echoes of each connection to at most this many bytes per second;
+    ``None`` is off."""
+
+    stall_after: int | None = attrs.field(default=None, validator=_optional(_int_in_range(0)))
+    """After echoing this many bytes, stop reading and writing and hold the
+    connection open silently until the idle timeout (close reason ``stalled``);
+    ``None`` is off, ``0`` stalls before the first echo."""
+
+    reset_after: int | None = attrs.field(default=None, validator=_optional(_int_in_range(0)))
+    """After echoing this many bytes, abort the connection with a TCP reset,
+    mid-message if that is where the count falls (close reason
+    ``reset-injected``); ``None`` is off, ``0`` resets before the first echo."""
+
+    seed: int | None = attrs.field(default=None, validator=_optional(_int_in_range(0)))
+    """Seed for the jitter's generator.  Each connection draws from its own
+    generator seeded with it, so every connection sees the same sequence of
+    delays whatever order connections arrive in.  ``None`` lets the server pick
+    a seed at start and log it, so that a failing run can be replayed."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any fault is on (:attr:`seed` alone is not a fault)."""
+        return bool(
+            self.latency
+            or self.fragment is not None
+            or self.bandwidth is not None
+            or self.stall_after is not None
+            or self.reset_after is not None
+        )
+
+
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
     """What each connection task needs to run the echo loop.
@@ -102,6 +198,9 @@ class ConnectionConfig:
     """After the server half-closes, how long it keeps reading and discarding the
     client's input while waiting for the client's EOF, so that closing does not
     make the kernel send a reset that could destroy echoes the client has not read yet."""
+
+    faults: Faults = attrs.field(factory=Faults, validator=attrs.validators.instance_of(Faults))
+    """Misbehaviour to inject on purpose (see :class:`Faults`); all off by default."""
 
 
 @attrs.frozen(kw_only=True)

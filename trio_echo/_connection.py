@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final
@@ -70,6 +71,7 @@ class Connection:
     __slots__ = (
         "_clock",
         "_config",
+        "_deadline",
         "_idle",
         "_on_close",
         "_protocol",
@@ -110,6 +112,7 @@ class Connection:
         )
         self._idle = config.idle_timeout
         self._scope = trio.CancelScope()
+        self._deadline = math.inf
         self._stopping = False
         self._receiving = False
         self._unyielded = 0
@@ -172,7 +175,7 @@ class Connection:
                 return reason
             protocol = self._protocol
             if self._idle is not None:
-                self._scope.deadline = self._clock.current_time() + self._idle
+                self._move_idle_deadline(self._clock.current_time() + self._idle)
             try_receive = self._try_initial if self.initial else self._try_receive
             wait_receivable = self._wait_receivable
             with self._scope:
@@ -305,8 +308,14 @@ class Connection:
         idle = self._idle
         if idle is not None:
             deadline = self._clock.current_time() + idle
-            if deadline > self._scope.deadline:
-                self._scope.deadline = deadline + idle * IDLE_SLACK
+            if deadline > self._deadline:
+                self._move_idle_deadline(deadline + idle * IDLE_SLACK)
+
+    def _move_idle_deadline(self, deadline: float) -> None:
+        # Mirrored in a plain attribute: reading CancelScope.deadline is a
+        # property call, and _arm_idle runs before every wait.
+        self._deadline = deadline
+        self._scope.deadline = deadline
 
 
 class SocketConnection(Connection):
@@ -361,6 +370,8 @@ class SocketConnection(Connection):
         sock = self._sock
         # Copy out of the shared buffer before blocking (see the class docstring).
         rest = memoryview(bytes(data))
+        # The receive that led here was progress too, however long it waited.
+        self._arm_idle()
         while rest:
             await trio.lowlevel.wait_writable(sock)
             try:

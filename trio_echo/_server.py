@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import os
+import random
 import socket
 import ssl
 from collections.abc import Sequence
@@ -22,6 +24,13 @@ from ._connection import (
     SocketConnection,
     StreamConnection,
     format_peer,
+)
+from ._faults import (
+    FaultInjector,
+    FaultySocketConnection,
+    FaultyStreamConnection,
+    FaultyTLSConnection,
+    describe,
 )
 from ._logs import event
 from ._protocol import SHUTDOWN
@@ -83,7 +92,15 @@ class EchoServer:
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
-        self._last_warning = -float("inf")
+        # When each kind of warning was last logged (see _warn).
+        self._last_warning: dict[str, float] = {}
+        faults = config.connection.faults
+        self._faults_on = faults.enabled
+        # Drawn once per server, and logged, so that a run without a seed can
+        # be replayed with --seed.
+        self._fault_seed = faults.seed
+        if self._fault_seed is None and faults.jitter:
+            self._fault_seed = random.SystemRandom().randrange(2**32)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -148,6 +165,9 @@ class EchoServer:
                                 "start", host=host, port=port, tls=self.config.tls is not None
                             ),
                         )
+                    if self._faults_on:
+                        faults = describe(self.config.connection.faults, seed=self._fault_seed)
+                        LOGGER.info("faults on: %s", faults, extra=event("faults", faults=faults))
                     task_status.started(self)
                     await self._stop_requested.wait()
                     acceptors.cancel_scope.cancel()
@@ -323,7 +343,15 @@ class EchoServer:
         self._active.discard(conn)
         self._tally.record_close(conn, reason)
         self._slots.release()
-        _log_close(conn.peer, conn.rounds, conn.bytes_in, conn.bytes_out, conn.started, reason)
+        _log_close(
+            conn.peer,
+            conn.rounds,
+            conn.bytes_in,
+            conn.bytes_out,
+            conn.started,
+            reason,
+            faults=_fault_summary(conn),
+        )
 
     def _connection_for(
         self, stream: trio.SocketStream, *, peer: str | None = None, initial: bytes = b""
@@ -338,6 +366,18 @@ class EchoServer:
             peer = _peer_of(stream)
         tls = self.config.tls
         if self._ssl_context is not None and tls is not None:
+            if self._faults_on:
+                return FaultyTLSConnection(
+                    stream,
+                    self._ssl_context,
+                    config,
+                    peer=peer,
+                    handshake_timeout=tls.handshake_timeout,
+                    on_close=self._connection_closed,
+                    received=initial,
+                    seed=self._fault_seed,
+                    events=self._tally.faults,
+                )
             return TLSConnection(
                 stream,
                 self._ssl_context,
@@ -353,8 +393,28 @@ class EchoServer:
             # Take the OS socket out of trio's wrapper to drive it directly.
             sock = socket.socket(fileno=stream.socket.detach())
             sock.setblocking(False)
-            conn = SocketConnection(
-                sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
+            if self._faults_on:
+                conn = FaultySocketConnection(
+                    sock,
+                    config,
+                    peer=peer,
+                    buffer=self._buffer,
+                    on_close=self._connection_closed,
+                    seed=self._fault_seed,
+                    events=self._tally.faults,
+                )
+            else:
+                conn = SocketConnection(
+                    sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
+                )
+        elif self._faults_on:
+            conn = FaultyStreamConnection(
+                stream,
+                config,
+                peer=peer,
+                on_close=self._connection_closed,
+                seed=self._fault_seed,
+                events=self._tally.faults,
             )
         else:
             conn = StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
@@ -362,9 +422,14 @@ class EchoServer:
         return conn
 
     def _warn(self, message: str, *args: object) -> None:
+        """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.
+
+        Each message template is limited on its own, so that hitting the
+        connection limit cannot hide running out of file descriptors.
+        """
         now = trio.current_time()
-        if now - self._last_warning >= WARNING_INTERVAL:
-            self._last_warning = now
+        if now - self._last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
+            self._last_warning[message] = now
             LOGGER.warning(message, *args)
 
 
@@ -385,17 +450,26 @@ def _peer_of(stream: trio.SocketStream) -> str:
 
 
 def _log_close(
-    peer: str, rounds: int, bytes_in: int, bytes_out: int, started: float, reason: str
+    peer: str,
+    rounds: int,
+    bytes_in: int,
+    bytes_out: int,
+    started: float,
+    reason: str,
+    *,
+    faults: str | None = None,
 ) -> None:
+    """The per-connection close line; *faults*: what was injected, if faults are on."""
     duration = trio.current_time() - started
     LOGGER.info(
-        "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s",
+        "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s%s",
         peer,
         rounds,
         bytes_in,
         bytes_out,
         duration,
         reason,
+        "" if faults is None else f" faults={faults}",
         extra=event(
             "close",
             peer=peer,
@@ -404,8 +478,17 @@ def _log_close(
             bytes_out=bytes_out,
             duration=round(duration, 6),
             reason=reason,
+            **({} if faults is None else {"faults": faults}),
         ),
     )
+
+
+def _fault_summary(conn: Connection) -> str | None:
+    """``latency:3,fragment:120`` for a connection with faults, else ``None``."""
+    if not isinstance(conn, FaultInjector):
+        return None
+    events = ",".join(f"{name}:{count}" for name, count in sorted(conn.fault_events.items()))
+    return events or "none"
 
 
 async def serve(

@@ -58,6 +58,12 @@ class ServerStatistics:
     accept_errors: int
     """Times ``accept()`` failed for lack of resources (``EMFILE``, ``ENFILE``, ...)."""
 
+    faults: Mapping[str, int] = attrs.field(factory=dict)
+    """Times each injected fault acted (see :class:`~trio_echo.Faults`):
+    ``latency`` echoes delayed, ``fragment`` pieces written, ``bandwidth`` waits
+    to keep to the rate, ``stall`` and ``reset`` connections halted.  Empty
+    when no fault is on."""
+
 
 @attrs.define(kw_only=True)
 class Tally:
@@ -74,6 +80,8 @@ class Tally:
     limit_waits: int = 0
     accept_errors: int = 0
     closed_by_reason: Counter[str] = attrs.field(factory=Counter)
+    #: Bumped live by the connections with faults (see _faults.FaultInjector).
+    faults: Counter[str] = attrs.field(factory=Counter)
 
     def record_close(self, conn: ConnectionCounters, reason: str) -> None:
         self.rounds += conn.rounds
@@ -102,4 +110,5 @@ class Tally:
             bytes_out=bytes_out,
             limit_waits=self.limit_waits,
             accept_errors=self.accept_errors,
+            faults=dict(sorted(self.faults.items())),
         )
