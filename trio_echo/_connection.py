@@ -177,7 +177,6 @@ class Connection:
             if self._idle is not None:
                 self._move_idle_deadline(self._clock.current_time() + self._idle)
             try_receive = self._try_initial if self.initial else self._try_receive
-            wait_receivable = self._wait_receivable
             with self._scope:
                 while True:
                     data = try_receive()
@@ -187,7 +186,7 @@ class Connection:
                         self._arm_idle()
                         self._receiving = True
                         try:
-                            await wait_receivable()
+                            await self._wait_receivable()
                         finally:
                             self._receiving = False
                         self._unyielded = 0
@@ -328,7 +327,7 @@ class SocketConnection(Connection):
     receive buffer at all.
     """
 
-    __slots__ = ("_buffer", "_maybe_ready", "_sock")
+    __slots__ = ("_buffer", "_maybe_ready", "_sock", "_wait_readable")
 
     def __init__(
         self,
@@ -344,19 +343,26 @@ class SocketConnection(Connection):
         self._buffer = buffer
         # A new client has often sent its first message already.
         self._maybe_ready = True
-        self._wait_receivable = functools.partial(trio.lowlevel.wait_readable, sock)
+        self._wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
+        self._wait_receivable = self._wait_readable
 
     def _try_receive(self) -> Data | None:
-        # Try the socket only when data is likely waiting: after a short read
-        # (the usual request/response case) the next recv() would almost always
-        # fail, so wait first and save that system call and its exception.
+        # Right after a short read (the request/response case) the client has
+        # not answered yet: rather than fail a recv() now, let the other
+        # connections run first (a plain checkpoint) and read afterwards.  On a
+        # busy server the answer is there by then, so the read needs no
+        # wait_readable -- no epoll_ctl() and no I/O wake-up per round.  Only if
+        # it is still not there does the connection wait for readability.
         if not self._maybe_ready:
             self._maybe_ready = True
+            self._wait_receivable = trio.lowlevel.checkpoint
             return None
+        self._wait_receivable = self._wait_readable
         try:
             n = self._sock.recv_into(self._buffer)
         except BlockingIOError:
             return None
+        # A full buffer means more may be waiting: read again at once.
         self._maybe_ready = n == len(self._buffer)
         return self._buffer[:n]
 
