@@ -15,7 +15,6 @@ streams in tests).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import socket
@@ -80,7 +79,6 @@ class Connection:
         "_stopping",
         "_unsent",
         "_unyielded",
-        "_wait_receivable",
         "bytes_in",
         "bytes_out",
         "initial",
@@ -131,9 +129,13 @@ class Connection:
         """The next chunk if it can be had without blocking, ``b""`` at EOF, else ``None``."""
         raise NotImplementedError
 
-    #: Block until :meth:`_try_receive` may have something; set by each transport,
-    #: for a socket straight to ``trio.lowlevel.wait_readable`` with no wrapper.
-    _wait_receivable: Callable[[], Awaitable[None]]
+    def _wait_receivable(self) -> Awaitable[None]:
+        """Block until :meth:`_try_receive` may have something.
+
+        A plain method returning the awaitable, so that a socket can hand back
+        ``trio.lowlevel.wait_readable`` itself: no wrapper frame while idle.
+        """
+        raise NotImplementedError
 
     def _send_now(self, data: Data) -> int:
         """Send what can be sent without blocking; return how many bytes that was."""
@@ -175,11 +177,14 @@ class Connection:
                 return reason
             protocol = self._protocol
             if self._idle is not None:
-                self._move_idle_deadline(self._clock.current_time() + self._idle)
-            try_receive = self._try_initial if self.initial else self._try_receive
+                # With the slack from the start, the deadline need not move
+                # again before a short-lived connection ends.
+                self._move_idle_deadline(
+                    self._clock.current_time() + self._idle * (1 + IDLE_SLACK)
+                )
             with self._scope:
                 while True:
-                    data = try_receive()
+                    data = self._try_initial() if self.initial else self._try_receive()
                     if data is None:
                         if self._stopping:
                             break
@@ -327,7 +332,7 @@ class SocketConnection(Connection):
     receive buffer at all.
     """
 
-    __slots__ = ("_buffer", "_maybe_ready", "_sock", "_wait_readable")
+    __slots__ = ("_buffer", "_maybe_ready", "_sock", "_yield_first")
 
     def __init__(
         self,
@@ -343,8 +348,7 @@ class SocketConnection(Connection):
         self._buffer = buffer
         # A new client has often sent its first message already.
         self._maybe_ready = True
-        self._wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
-        self._wait_receivable = self._wait_readable
+        self._yield_first = False
 
     def _try_receive(self) -> Data | None:
         # Right after a short read (the request/response case) the client has
@@ -355,9 +359,9 @@ class SocketConnection(Connection):
         # it is still not there does the connection wait for readability.
         if not self._maybe_ready:
             self._maybe_ready = True
-            self._wait_receivable = trio.lowlevel.checkpoint
+            self._yield_first = True
             return None
-        self._wait_receivable = self._wait_readable
+        self._yield_first = False
         try:
             n = self._sock.recv_into(self._buffer)
         except BlockingIOError:
@@ -365,6 +369,11 @@ class SocketConnection(Connection):
         # A full buffer means more may be waiting: read again at once.
         self._maybe_ready = n == len(self._buffer)
         return self._buffer[:n]
+
+    def _wait_receivable(self) -> Awaitable[None]:
+        if self._yield_first:
+            return trio.lowlevel.checkpoint()  # noqa: ASYNC105 -- awaited by the caller
+        return trio.lowlevel.wait_readable(self._sock)  # noqa: ASYNC105 -- likewise
 
     def _send_now(self, data: Data) -> int:
         try:
@@ -435,13 +444,12 @@ class StreamConnection(Connection):
         super().__init__(config, peer=peer, on_close=on_close)
         self._stream = stream
         self._received: Data | None = None
-        self._wait_receivable = self._fill
 
     def _try_receive(self) -> Data | None:
         data, self._received = self._received, None
         return data
 
-    async def _fill(self) -> None:
+    async def _wait_receivable(self) -> None:
         self._received = await self._stream.receive_some(self._config.max_message)
 
     def _send_now(self, data: Data) -> int:

@@ -89,6 +89,8 @@ class EchoServer:
         self._slots = trio.Semaphore(config.listener.max_connections)
         # One receive buffer for every plain-TCP connection (see SocketConnection).
         self._buffer = memoryview(bytearray(config.connection.max_message))
+        # One bound method for all connections, not one per connection.
+        self._on_close = self._connection_closed
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
@@ -254,7 +256,9 @@ class EchoServer:
         self._active.add(conn)
         if self._stopping:
             conn.stop()
-        handlers.start_soon(conn.serve)
+        # Named after the peer, whose string exists anyway: trio would otherwise
+        # format a fresh name for every task.
+        handlers.start_soon(conn.serve, name=conn.peer)
 
     async def _start_proxied_connection(
         self, stream: trio.SocketStream, handlers: trio.Nursery
@@ -373,7 +377,7 @@ class EchoServer:
                     config,
                     peer=peer,
                     handshake_timeout=tls.handshake_timeout,
-                    on_close=self._connection_closed,
+                    on_close=self._on_close,
                     received=initial,
                     seed=self._fault_seed,
                     events=self._tally.faults,
@@ -384,7 +388,7 @@ class EchoServer:
                 config,
                 peer=peer,
                 handshake_timeout=tls.handshake_timeout,
-                on_close=self._connection_closed,
+                on_close=self._on_close,
                 # The bytes after a PROXY header are the start of the TLS handshake.
                 received=initial,
             )
@@ -399,25 +403,25 @@ class EchoServer:
                     config,
                     peer=peer,
                     buffer=self._buffer,
-                    on_close=self._connection_closed,
+                    on_close=self._on_close,
                     seed=self._fault_seed,
                     events=self._tally.faults,
                 )
             else:
                 conn = SocketConnection(
-                    sock, config, peer=peer, buffer=self._buffer, on_close=self._connection_closed
+                    sock, config, peer=peer, buffer=self._buffer, on_close=self._on_close
                 )
         elif self._faults_on:
             conn = FaultyStreamConnection(
                 stream,
                 config,
                 peer=peer,
-                on_close=self._connection_closed,
+                on_close=self._on_close,
                 seed=self._fault_seed,
                 events=self._tally.faults,
             )
         else:
-            conn = StreamConnection(stream, config, peer=peer, on_close=self._connection_closed)
+            conn = StreamConnection(stream, config, peer=peer, on_close=self._on_close)
         conn.initial = initial
         return conn
 
