@@ -171,12 +171,16 @@ class EchoProcess:
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        """Send *signum*, wait for the exit status and the end of stderr."""
-        self.proc.send_signal(signum)
+    def finish(self, timeout: float = 10.0) -> tuple[int, str]:
+        """Wait for the exit and the end of stderr; return the status and the whole log."""
         status = self.proc.wait(timeout)
         self._reader.join(timeout)
-        return status
+        return status, self.log
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send *signum*; return the exit status once stderr has ended too."""
+        self.proc.send_signal(signum)
+        return self.finish(timeout)[0]
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -126,12 +126,17 @@ def kill_if_running(pids: Sequence[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def read_until_eof(sock: socket.socket) -> bytes:
+    """Everything *sock* receives until the peer's EOF."""
+    received = bytearray()
+    while chunk := sock.recv(65536):
+        received += chunk
+    return bytes(received)
+
+
 def echo_once(port: int, payload: bytes) -> bytes:
     """Connect, send *payload*, half-close, return everything echoed until EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
-        received = bytearray()
-        while chunk := sock.recv(65536):
-            received += chunk
-        return bytes(received)
+        return read_until_eof(sock)

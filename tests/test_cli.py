@@ -4,100 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import trio_echo
 
-# The console script installed next to this interpreter.
-TRIO_ECHO = str(Path(sys.executable).with_name("trio-echo"))
-
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-
-
-class ServerProcess:
-    """A ``trio-echo`` child process and its stderr, read line by line with a deadline."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [TRIO_ECHO, "--port", "0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            # Unbuffered: a buffered reader could hold lines the selector never reports.
-            bufsize=0,
-        )
-        self.lines: list[str] = []
-        self._partial = b""
-        match = self.wait_for(LISTENING)
-        self.port = int(match.group(2))
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
-        """Read stderr until a line matches *pattern*; fail after *timeout* seconds."""
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stderr, selectors.EVENT_READ)
-            while True:
-                for line in self.lines:
-                    if match := pattern.search(line):
-                        self.lines.remove(line)
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    pytest.fail(f"no line matching {pattern.pattern!r} in {timeout} s")
-                data = os.read(self.proc.stderr.fileno(), 65536)
-                if not data:
-                    pytest.fail(f"stderr ended before {pattern.pattern!r}: {self.lines}")
-                *complete, self._partial = (self._partial + data).split(b"\n")
-                self.lines.extend(line.decode() + "\n" for line in complete)
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return sock
-
-    def finish(self, timeout: float = 10.0) -> tuple[int, str]:
-        """Wait for exit; return the status and the rest of stderr."""
-        assert self.proc.stderr is not None
-        rest = (self._partial + self.proc.stderr.read()).decode()
-        status = self.proc.wait(timeout)
-        return status, "".join(self.lines) + rest
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-
-
-@pytest.fixture
-def server_process() -> Iterator[type[ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    class Tracked(ServerProcess):
-        def __init__(self, *args: str) -> None:
-            started.append(self)
-            super().__init__(*args)
-
-    yield Tracked
-    for process in started:
-        process.kill()
-
-
-def read_until_eof(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(65536):
-        data += chunk
-    return bytes(data)
+from .conftest import StartProcess
+from .processes import TRIO_ECHO, read_until_eof
 
 
 def recv_until_reset(sock: socket.socket) -> list[bytes]:
@@ -113,9 +31,9 @@ def recv_until_reset(sock: socket.socket) -> list[bytes]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_shuts_down_gracefully_and_exits_zero(
-    server_process: type[ServerProcess], signum: signal.Signals
+    echo_process: StartProcess, signum: signal.Signals
 ) -> None:
-    server = server_process("--framing", "line")
+    server = echo_process("--framing", "line")
     with server.connect() as client:
         client.sendall(b"hello\nwor")
         assert client.recv(100) == b"hello\n"
@@ -130,8 +48,8 @@ def test_signal_shuts_down_gracefully_and_exits_zero(
     assert "Traceback" not in log
 
 
-def test_rounds_close_is_logged_per_connection(server_process: type[ServerProcess]) -> None:
-    server = server_process("--rounds", "3", "--framing", "line")
+def test_rounds_close_is_logged_per_connection(echo_process: StartProcess) -> None:
+    server = echo_process("--rounds", "3", "--framing", "line")
     with server.connect() as client:
         client_port = client.getsockname()[1]
         client.sendall(b"a\nb\nc\nd\ne\n")
@@ -143,8 +61,8 @@ def test_rounds_close_is_logged_per_connection(server_process: type[ServerProces
     assert server.finish()[0] == 0
 
 
-def test_second_sigint_stops_at_once(server_process: type[ServerProcess]) -> None:
-    server = server_process("--grace", "60")
+def test_second_sigint_stops_at_once(echo_process: StartProcess) -> None:
+    server = echo_process("--grace", "60")
     with server.connect() as client:
         client.setblocking(False)
         # Fill both directions: the server blocks sending an echo nobody reads.
@@ -200,9 +118,9 @@ def test_bad_arguments_are_usage_errors(args: list[str], option: str) -> None:
 
 
 def test_faults_from_the_command_line_latency_fragment_reset(
-    server_process: type[ServerProcess],
+    echo_process: StartProcess,
 ) -> None:
-    server = server_process(
+    server = echo_process(
         *("--latency", "50ms", "--jitter", "10ms", "--seed", "7"),
         *("--fragment", "1", "--fragment-delay", "5ms", "--reset-after", "10"),
     )
@@ -224,9 +142,9 @@ def test_faults_from_the_command_line_latency_fragment_reset(
 
 
 def test_faults_from_the_command_line_bandwidth_stall(
-    server_process: type[ServerProcess],
+    echo_process: StartProcess,
 ) -> None:
-    server = server_process(
+    server = echo_process(
         *("--bandwidth", "64KiB/s", "--stall-after", "1KiB", "--idle-timeout", "0.5"),
         *("--latency", "10ms", "--jitter", "5ms"),
     )

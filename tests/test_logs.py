@@ -17,7 +17,8 @@ import trio.testing
 from trio_echo import ServerStatistics
 from trio_echo._logs import JSONFormatter, event, report_statistics
 
-from .test_cli import ServerProcess, read_until_eof
+from .conftest import StartProcess
+from .processes import read_until_eof
 
 
 def snapshot(**counters: int) -> ServerStatistics:
@@ -105,23 +106,22 @@ def test_json_formatter_plain_record_and_exception() -> None:
     assert "RuntimeError: boom" in line["exception"]
 
 
-def test_cli_json_log_has_start_close_stats_and_shutdown_objects() -> None:
-    server = ServerProcess(
+def test_cli_json_log_has_start_close_stats_and_shutdown_objects(
+    echo_process: StartProcess,
+) -> None:
+    server = echo_process(
         "--log-format", "json", "--stats-interval", "0.2", "--rounds", "1", "--framing", "line"
     )
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
-            client.sendall(b"hi\nthere\n")
-            assert read_until_eof(client) == b"hi\n"
-        server.wait_for(re.compile(r'"event":"close"'))
-        server.wait_for(re.compile(r'"event":"stats".*"closed":1'))
-        server.proc.send_signal(signal.SIGTERM)
-        status, rest = server.finish()
-    finally:
-        server.kill()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(b"hi\nthere\n")
+        assert read_until_eof(client) == b"hi\n"
+    server.wait_for(re.compile(r'"event":"close"'))
+    server.wait_for(re.compile(r'"event":"stats".*"closed":1'))
+    server.proc.send_signal(signal.SIGTERM)
+    status, log = server.finish()
     assert status == 0
     # Every line is one JSON object; the last is the summary.
-    lines = [json.loads(line) for line in rest.splitlines()]
+    lines = [json.loads(line) for line in log.splitlines()]
     summary = lines[-1]
     assert summary["event"] == "shutdown"
     assert (summary["accepted"], summary["rounds"], summary["closed_by_reason"]) == (
@@ -131,19 +131,16 @@ def test_cli_json_log_has_start_close_stats_and_shutdown_objects() -> None:
     )
 
 
-def test_cli_json_start_and_close_objects() -> None:
-    server = ServerProcess("--log-format", "json")
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
-            client.sendall(b"abc")
-            assert client.recv(3) == b"abc"
-            client.shutdown(socket.SHUT_WR)
-            assert read_until_eof(client) == b""
-        close = json.loads(server.wait_for(re.compile(r'^\{"time".*"event":"close".*')).group())
-        server.proc.send_signal(signal.SIGTERM)
-        status, _ = server.finish()
-    finally:
-        server.kill()
+def test_cli_json_start_and_close_objects(echo_process: StartProcess) -> None:
+    server = echo_process("--log-format", "json")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(b"abc")
+        assert client.recv(3) == b"abc"
+        client.shutdown(socket.SHUT_WR)
+        assert read_until_eof(client) == b""
+    close = json.loads(server.wait_for(re.compile(r'^\{"time".*"event":"close".*')).group())
+    server.proc.send_signal(signal.SIGTERM)
+    status, _ = server.finish()
     assert status == 0
     assert close["reason"] == "eof"
     assert (close["rounds"], close["bytes_in"], close["bytes_out"]) == (1, 3, 3)

@@ -20,8 +20,8 @@ from trio_echo import EchoServer, TLSConfig, serve
 from trio_echo._tls import ServerTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import make_config, receive_exactly, receive_until_eof, wait_until
-from .test_cli import TRIO_ECHO, ServerProcess
+from .conftest import StartProcess, make_config, receive_exactly, receive_until_eof, wait_until
+from .processes import TRIO_ECHO
 
 
 @attrs.frozen
@@ -267,8 +267,10 @@ def test_cli_keyfile_without_certfile_is_a_usage_error() -> None:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
-def test_cli_over_tls_with_openssl_s_client(certificates: Certificates) -> None:
-    server = ServerProcess(
+def test_cli_over_tls_with_openssl_s_client(
+    certificates: Certificates, echo_process: StartProcess
+) -> None:
+    server = echo_process(
         "--certfile",
         str(certificates.certfile),
         "--keyfile",
@@ -278,34 +280,31 @@ def test_cli_over_tls_with_openssl_s_client(certificates: Certificates) -> None:
         "--framing",
         "line",
     )
-    try:
-        # -quiet implies -ign_eof: s_client exits only when the server closes,
-        # which it does after the second round.
-        result = subprocess.run(
-            [
-                "openssl",
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{server.port}",
-                "-CAfile",
-                str(certificates.ca_file),
-                "-verify_return_error",
-                "-quiet",
-            ],
-            input=b"hello\nworld\nnot echoed\n",
-            capture_output=True,
-            timeout=30,
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == b"hello\nworld\n"
-        match = server.wait_for(re.compile(r"closed \S+: rounds=(\d+) .* reason=(\S+)"))
-        assert match.group(1, 2) == ("2", "rounds")
-        server.proc.terminate()
-        status, log = server.finish()
-        assert status == 0
-        assert "Traceback" not in log
-    finally:
-        server.kill()
+    # -quiet implies -ign_eof: s_client exits only when the server closes,
+    # which it does after the second round.
+    result = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-CAfile",
+            str(certificates.ca_file),
+            "-verify_return_error",
+            "-quiet",
+        ],
+        input=b"hello\nworld\nnot echoed\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\nworld\n"
+    match = server.wait_for(re.compile(r"closed \S+: rounds=(\d+) .* reason=(\S+)"))
+    assert match.group(1, 2) == ("2", "rounds")
+    server.proc.terminate()
+    status, log = server.finish()
+    assert status == 0
+    assert "Traceback" not in log
 
 
 async def test_broken_records_after_handshake_close_with_tls_error(
