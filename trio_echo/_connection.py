@@ -242,12 +242,10 @@ class Connection:
         the connection there."""
         return None
 
-    def _try_initial(self) -> Data | None:
-        """:meth:`_try_receive`, after handing out :attr:`initial` in chunks of at
-        most max_message (the most one receive returns)."""
+    def _try_initial(self) -> Data:
+        """The next chunk of :attr:`initial` (not empty) as if received: at most
+        max_message bytes, the most one receive returns."""
         initial = self.initial
-        if not initial:
-            return self._try_receive()
         step = self._config.max_message
         self.initial = initial[step:]
         return initial[:step]
