@@ -57,8 +57,7 @@ def test_rounds_close_is_logged_per_connection(echo_process: StartProcess) -> No
     match = server.wait_for(re.compile(r"closed (\S+): rounds=(\d+) .*duration=\S+ reason=(\S+)"))
     assert match.group(2, 3) == ("3", "rounds")
     assert match.group(1) == f"127.0.0.1:{client_port}"
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.finish()[0] == 0
+    assert server.stop() == 0
 
 
 def test_second_sigint_stops_at_once(echo_process: StartProcess) -> None:
@@ -74,8 +73,7 @@ def test_second_sigint_stops_at_once(echo_process: StartProcess) -> None:
         server.proc.send_signal(signal.SIGINT)
         server.wait_for(re.compile("shutting down"))
         started = time.monotonic()
-        server.proc.send_signal(signal.SIGINT)
-        status, log = server.finish()
+        status, log = server.stop(signal.SIGINT), server.log
     assert status == 0
     assert time.monotonic() - started < 5
     assert "received again: stopping now" in log
@@ -132,8 +130,7 @@ def test_faults_from_the_command_line_latency_fragment_reset(
     assert len(chunks) > 1
     match = server.wait_for(re.compile(r"reason=(\S+) faults=(\S+)"))
     assert match.group(1, 2) == ("reset-injected", "fragment:10,latency:1,reset:1")
-    server.proc.send_signal(signal.SIGTERM)
-    status, log = server.finish()
+    status, log = server.stop(), server.log
     assert status == 0
     assert (
         "faults on: latency=0.05 jitter=0.01 fragment=1 fragment_delay=0.005 reset_after=10 "
@@ -154,8 +151,7 @@ def test_faults_from_the_command_line_bandwidth_stall(
     match = server.wait_for(re.compile(r"bytes_out=(\d+) .*reason=(\S+) faults=(\S+)"))
     assert match.group(1, 2) == ("1024", "stalled")
     assert re.fullmatch(r"bandwidth:\d+,latency:1,stall:1", match.group(3))
-    server.proc.send_signal(signal.SIGTERM)
-    status, log = server.finish()
+    status, log = server.stop(), server.log
     assert status == 0
     # Without --seed the server draws one and logs it, to replay the run.
     assert re.search(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import signal
 import socket
 import sys
 from typing import Any
@@ -117,8 +116,7 @@ def test_cli_json_log_has_start_close_stats_and_shutdown_objects(
         assert read_until_eof(client) == b"hi\n"
     server.wait_for(re.compile(r'"event":"close"'))
     server.wait_for(re.compile(r'"event":"stats".*"closed":1'))
-    server.proc.send_signal(signal.SIGTERM)
-    status, log = server.finish()
+    status, log = server.stop(), server.log
     assert status == 0
     # Every line is one JSON object; the last is the summary.
     lines = [json.loads(line) for line in log.splitlines()]
@@ -139,8 +137,7 @@ def test_cli_json_start_and_close_objects(echo_process: StartProcess) -> None:
         client.shutdown(socket.SHUT_WR)
         assert read_until_eof(client) == b""
     close = json.loads(server.wait_for(re.compile(r'^\{"time".*"event":"close".*')).group())
-    server.proc.send_signal(signal.SIGTERM)
-    status, _ = server.finish()
+    status = server.stop()
     assert status == 0
     assert close["reason"] == "eof"
     assert (close["rounds"], close["bytes_in"], close["bytes_out"]) == (1, 3, 3)

@@ -301,8 +301,7 @@ def test_cli_over_tls_with_openssl_s_client(
     assert result.stdout == b"hello\nworld\n"
     match = server.wait_for(re.compile(r"closed \S+: rounds=(\d+) .* reason=(\S+)"))
     assert match.group(1, 2) == ("2", "rounds")
-    server.proc.terminate()
-    status, log = server.finish()
+    status, log = server.stop(), server.log
     assert status == 0
     assert "Traceback" not in log
 
