@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_echo import ConnectionConfig, Faults, ListenerConfig, ServerConfig
+from trio_echo import ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
 
 
 def test_defaults() -> None:
@@ -79,13 +79,36 @@ def test_defaults() -> None:
         (Faults, "reset_after", 1.5, TypeError),
         (Faults, "seed", -1, ValueError),
         (Faults, "seed", "7", TypeError),
+        (ListenerConfig, "host", 5, TypeError),
+        (ConnectionConfig, "framing", "lines", ValueError),
+        (TLSConfig, "certfile", None, TypeError),
+        (TLSConfig, "keyfile", 5, TypeError),
+        (TLSConfig, "client_ca", b"ca.pem", TypeError),
+        (TLSConfig, "handshake_timeout", 0, ValueError),
+        (ServerConfig, "tls", "cert.pem", TypeError),
+        (ServerConfig, "listener", ConnectionConfig(), TypeError),
+        (ServerConfig, "connection", ListenerConfig(), TypeError),
     ],
 )
-def test_invalid_values_raise_naming_the_field(
+def test_invalid_values_raise_one_line_naming_the_field(
     cls: type[Any], field: str, value: object, error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match=field):
-        cls(**{field: value})
+    kwargs: dict[str, object] = {field: value}
+    if cls is TLSConfig and field != "certfile":
+        kwargs["certfile"] = "cert.pem"
+    with pytest.raises(error, match=f"^{field} must be ") as caught:
+        cls(**kwargs)
+    # One line, not attrs' tuple with the whole Attribute repr in it.
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "Attribute(" not in message
+    assert len(message) < 160
+
+
+def test_zero_idle_timeout_says_that_none_disables_it() -> None:
+    with pytest.raises(ValueError, match=r"^idle_timeout must be .* \(None disables it\), got 0$"):
+        ConnectionConfig(idle_timeout=0)
+    assert ConnectionConfig(idle_timeout=None).idle_timeout is None
 
 
 def test_valid_edge_values() -> None:

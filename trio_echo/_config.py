@@ -45,7 +45,7 @@ def _int_in_range(lo: int, hi: int | None = None) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(
-                f"{attribute.name} must be an int, not {type(value).__name__}: {value!r}"
+                f"{attribute.name} must be an int, not {type(value).__name__}: {_short(value)}"
             )
         if value < lo or (hi is not None and value > hi):
             bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
@@ -61,17 +61,64 @@ def _seconds(*, allow_zero: bool) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(
                 f"{attribute.name} must be a number of seconds, "
-                f"not {type(value).__name__}: {value!r}"
+                f"not {type(value).__name__}: {_short(value)}"
             )
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             bound = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"{attribute.name} must be a finite number {bound}, got {value!r}")
+            # Where None is allowed, it (not 0) is what turns the setting off.
+            off = " (None disables it)" if _is_optional(attribute) else ""
+            raise ValueError(
+                f"{attribute.name} must be a finite number {bound}{off}, got {value!r}"
+            )
 
     return check
 
 
+def _is_optional(attribute: attrs.Attribute[Any]) -> bool:
+    """Whether the field's annotation admits ``None``."""
+    return "None" in str(attribute.type)
+
+
 def _optional(validator: Any) -> Any:
     return attrs.validators.optional(validator)
+
+
+def _instance_of(*types: type, what: str) -> Any:
+    """Validator: an instance of *types*, described to the user as *what*.
+
+    attrs' own ``instance_of`` raises a tuple with the whole ``Attribute`` in
+    it, which prints over several lines; this raises one line naming the field.
+    """
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, types):
+            raise TypeError(
+                f"{attribute.name} must be {what}, not {type(value).__name__}: {_short(value)}"
+            )
+
+    return check
+
+
+def _one_of(choices: tuple[object, ...]) -> Any:
+    """Validator: one of *choices* (a one-line error naming the field and the choices)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in choices:
+            allowed = ", ".join(repr(choice) for choice in choices)
+            raise ValueError(f"{attribute.name} must be one of {allowed}, got {_short(value)}")
+
+    return check
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to *limit* characters, so that an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# What a file name may be, for the TLS files.
+_PATH_TYPES: tuple[type, ...] = (str, os.PathLike)
+_PATH = "a path (str or os.PathLike)"
 
 
 def _jitter_within_latency(
@@ -180,7 +227,7 @@ class ConnectionConfig:
     """Echo this many messages, then half-close and close; ``None`` echoes until the
     client closes."""
 
-    framing: Framing = attrs.field(default="raw", validator=attrs.validators.in_(FRAMINGS))
+    framing: Framing = attrs.field(default="raw", validator=_one_of(FRAMINGS))
     """``"raw"``: a message is what one receive returns. ``"line"``: a message is a
     line ending in ``b"\\n"``, echoed with it."""
 
@@ -199,7 +246,7 @@ class ConnectionConfig:
     client's input while waiting for the client's EOF, so that closing does not
     make the kernel send a reset that could destroy echoes the client has not read yet."""
 
-    faults: Faults = attrs.field(factory=Faults, validator=attrs.validators.instance_of(Faults))
+    faults: Faults = attrs.field(factory=Faults, validator=_instance_of(Faults, what="a Faults"))
     """Misbehaviour to inject on purpose (see :class:`Faults`); all off by default."""
 
 
@@ -212,7 +259,8 @@ class ListenerConfig:
     """
 
     host: str | None = attrs.field(
-        default="127.0.0.1", validator=_optional(attrs.validators.instance_of(str))
+        default="127.0.0.1",
+        validator=_optional(_instance_of(str, what="a str (None binds every address)")),
     )
     """The address to bind; ``None`` binds every local address (IPv4 and IPv6)."""
 
@@ -230,7 +278,7 @@ class ListenerConfig:
     """On graceful shutdown, how long connections may take to finish the message in
     progress before they are cancelled."""
 
-    proxy_protocol: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    proxy_protocol: bool = attrs.field(default=False, validator=_instance_of(bool, what="a bool"))
     """Expect every connection to start with a PROXY protocol header (v1 or v2, as
     sent by HAProxy's ``send-proxy``/``send-proxy-v2``, AWS NLB and others) and
     report the client it names as the peer.  A connection without a valid header
@@ -255,17 +303,17 @@ class TLSConfig:
     """
 
     certfile: str | os.PathLike[str] = attrs.field(
-        validator=attrs.validators.instance_of((str, os.PathLike))
+        validator=_instance_of(*_PATH_TYPES, what=_PATH)
     )
     """PEM file with the server's certificate chain (and its key, if *keyfile* is ``None``)."""
 
     keyfile: str | os.PathLike[str] | None = attrs.field(
-        default=None, validator=_optional(attrs.validators.instance_of((str, os.PathLike)))
+        default=None, validator=_optional(_instance_of(*_PATH_TYPES, what=_PATH))
     )
     """PEM file with the private key; ``None`` reads it from *certfile*."""
 
     client_ca: str | os.PathLike[str] | None = attrs.field(
-        default=None, validator=_optional(attrs.validators.instance_of((str, os.PathLike)))
+        default=None, validator=_optional(_instance_of(*_PATH_TYPES, what=_PATH))
     )
     """PEM file of CA certificates; when set, every client must present a
     certificate signed by one of them, or its handshake fails (``tls-error``)."""
@@ -293,13 +341,16 @@ class ServerConfig:
     """
 
     listener: ListenerConfig = attrs.field(
-        factory=ListenerConfig, validator=attrs.validators.instance_of(ListenerConfig)
+        factory=ListenerConfig,
+        validator=_instance_of(ListenerConfig, what="a ListenerConfig"),
     )
     connection: ConnectionConfig = attrs.field(
-        factory=ConnectionConfig, validator=attrs.validators.instance_of(ConnectionConfig)
+        factory=ConnectionConfig,
+        validator=_instance_of(ConnectionConfig, what="a ConnectionConfig"),
     )
     tls: TLSConfig | None = attrs.field(
-        default=None, validator=_optional(attrs.validators.instance_of(TLSConfig))
+        default=None,
+        validator=_optional(_instance_of(TLSConfig, what="a TLSConfig or None")),
     )
     """Serve over TLS with this configuration; ``None`` serves plain TCP."""
 
