@@ -20,7 +20,7 @@ import pytest
 from trio_echo._signals import dispatch_signals
 
 from .conftest import StartProcess
-from .processes import TRIO_ECHO, read_until_eof
+from .processes import TRIO_ECHO, fill_both_directions, read_until_eof
 
 
 async def test_first_signal_is_graceful_every_later_one_immediate() -> None:
@@ -66,13 +66,7 @@ def test_signal_shuts_down_gracefully_and_exits_zero(
 def test_second_sigint_stops_at_once(echo_process: StartProcess) -> None:
     server = echo_process("--grace", "60s")
     with server.connect() as client:
-        client.setblocking(False)
-        # Fill both directions: the server blocks sending an echo nobody reads.
-        try:
-            for _ in range(10_000):
-                client.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
+        fill_both_directions(client)
         server.proc.send_signal(signal.SIGINT)
         server.wait_for(re.compile("shutting down"))
         started = time.monotonic()

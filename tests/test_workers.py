@@ -18,7 +18,14 @@ import pytest
 from trio_echo._sockets import bind_reuseport_groups, describe_sockets
 
 from .conftest import Spawn
-from .processes import TRIO_ECHO, LoggingProcess, echo_once, kill_if_running, wait_gone
+from .processes import (
+    TRIO_ECHO,
+    LoggingProcess,
+    echo_once,
+    fill_both_directions,
+    kill_if_running,
+    wait_gone,
+)
 
 STARTED = r"started worker (\d+) \(pid (\d+)\)"
 
@@ -132,13 +139,7 @@ def test_second_signal_to_parent_stops_workers_at_once(
 ) -> None:
     parent, port = start_workers(spawn, worker_pids, "--grace", "60")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.setblocking(False)
-        # Fill both directions: the worker blocks sending an echo nobody reads.
-        try:
-            for _ in range(10_000):
-                client.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
+        fill_both_directions(client)
         parent.signal(signal.SIGTERM)
         parent.wait_for(r"\[worker \d\] shutting down: 1 connection")
         parent.signal(signal.SIGTERM)

@@ -218,56 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The fault options: (option, metavar, help).  Each sets the Faults field of
+# the same name; durations default to 0, the others to None (off).
+FAULT_OPTIONS = (
+    ("--latency", "DURATION", "delay each echo"),
+    ("--jitter", "DURATION", "vary each delay uniformly by up to +/- this (at most --latency)"),
+    ("--fragment", "SIZE", "write each echo in pieces of at most SIZE bytes, one send each"),
+    ("--fragment-delay", "DURATION", "wait this long between the pieces (needs --fragment)"),
+    ("--bandwidth", "RATE", "pace each connection's echoes to RATE bytes/s (64KiB or 64KiB/s)"),
+    (
+        "--stall-after",
+        "SIZE",
+        "after SIZE bytes echoed, stop reading and writing until the idle timeout",
+    ),
+    ("--reset-after", "SIZE", "after echoing SIZE bytes, abort the connection with a TCP reset"),
+    ("--seed", "N", "seed for --jitter, to replay a run (default: drawn at start and logged)"),
+)
+
+
 def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group(
         "faults", "misbehave on purpose, to test clients (all off by default)"
     )
-    add = faults.add_argument
-    add("--latency", type=DURATION, metavar="DURATION", default=0.0, help="delay each echo")
-    add(
-        "--jitter",
-        type=DURATION,
-        metavar="DURATION",
-        default=0.0,
-        help="vary each delay uniformly by up to +/- this (at most --latency)",
-    )
-    add(
-        "--fragment",
-        type=SIZE,
-        metavar="SIZE",
-        help="write each echo in pieces of at most SIZE bytes, one send each",
-    )
-    add(
-        "--fragment-delay",
-        type=DURATION,
-        metavar="DURATION",
-        default=0.0,
-        help="wait this long between the pieces of an echo (needs --fragment)",
-    )
-    add(
-        "--bandwidth",
-        type=RATE,
-        metavar="RATE",
-        help="pace each connection's echoes to RATE bytes per second (64KiB or 64KiB/s)",
-    )
-    add(
-        "--stall-after",
-        type=SIZE,
-        metavar="SIZE",
-        help="after echoing SIZE bytes, stop reading and writing until the idle timeout",
-    )
-    add(
-        "--reset-after",
-        type=SIZE,
-        metavar="SIZE",
-        help="after echoing SIZE bytes, abort the connection with a TCP reset",
-    )
-    add(
-        "--seed",
-        type=int,
-        metavar="N",
-        help="seed for --jitter, to replay a run (default: drawn at start and logged)",
-    )
+    types: dict[str, Callable[[str], object]] = {
+        "DURATION": DURATION,
+        "SIZE": SIZE,
+        "RATE": RATE,
+        "N": int,
+    }
+    for option, metavar, text in FAULT_OPTIONS:
+        default = 0.0 if metavar == "DURATION" else None
+        faults.add_argument(
+            option, type=types[metavar], metavar=metavar, default=default, help=text
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -309,18 +292,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             framing=args.framing,
             max_message=args.max_message,
             idle_timeout=None if args.idle_timeout == 0 else args.idle_timeout,
-            faults=Faults(
-                latency=args.latency,
-                jitter=args.jitter,
-                fragment=args.fragment,
-                fragment_delay=args.fragment_delay,
-                bandwidth=args.bandwidth,
-                stall_after=args.stall_after,
-                reset_after=args.reset_after,
-                seed=args.seed,
-            ),
+            faults=Faults(**{name: getattr(args, name) for name in _fault_fields()}),
         ),
     )
+
+
+def _fault_fields() -> list[str]:
+    return [option[2:].replace("-", "_") for option, _, _ in FAULT_OPTIONS]
 
 
 def options_from_args(
