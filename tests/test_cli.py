@@ -68,6 +68,8 @@ def usage_error(capsys: pytest.CaptureFixture[str], *arguments: str) -> str:
         (["--proxy-protocol", "--proxy-timeout", "0"], "--proxy-timeout", "proxy_timeout"),
         (["--proxy-protocol", "--proxy-timeout", "nan"], "--proxy-timeout", "invalid duration"),
         (["--keyfile", "key.pem"], "--certfile", "certfile is required by --keyfile"),
+        (["--tls-client-ca", "ca.pem"], "--certfile", "certfile is required by --keyfile"),
+        (["--tls-handshake-timeout", "5s"], "--certfile", "and --tls-handshake-timeout"),
         (
             ["--certfile", "c", "--tls-handshake-timeout", "0"],
             "--tls-handshake-timeout",
@@ -127,6 +129,8 @@ def test_workers_without_so_reuseport_is_a_usage_error(
             ("tls", "handshake_timeout"),
             5,
         ),
+        (["--certfile", "c"], ("tls", "handshake_timeout"), 10),
+        (["--certfile", "c", "--keyfile", "k"], ("tls", "keyfile"), "k"),
         (["--max-message", "64KiB"], ("connection", "max_message"), 65536),
         (["--max-message", "1000"], ("connection", "max_message"), 1000),
         (["--host", "*"], ("listener", "host"), None),

@@ -194,9 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-handshake-timeout",
         type=DURATION,
         metavar="DURATION",
-        default=handshake,
         help="close clients that have not completed the TLS handshake by then "
-        "(default: %(default)s s)",
+        f"(needs --certfile; default: {handshake} s)",
     )
     add(
         "--stats-interval",
@@ -258,23 +257,27 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
     Raises:
       ValueError, TypeError: from the config validators, naming the field; or
-        for options that need another one (``--keyfile`` without ``--certfile``).
+        for options that need another one (``--keyfile`` without ``--certfile``,
+        ``--proxy-timeout`` without ``--proxy-protocol``).
     """
     defaults = ListenerConfig()
     host = defaults.host if args.host is None else args.host
     host = None if host in ("", "*") else host
     if args.proxy_timeout is not None and not args.proxy_protocol:
         raise ValueError("proxy_timeout applies only with --proxy-protocol")
+    tls_options = {
+        "keyfile": args.keyfile,
+        "client_ca": args.tls_client_ca,
+        "handshake_timeout": args.tls_handshake_timeout,
+    }
+    given = {name: value for name, value in tls_options.items() if value is not None}
     tls = None
     if args.certfile is not None:
-        tls = TLSConfig(
-            certfile=args.certfile,
-            keyfile=args.keyfile,
-            client_ca=args.tls_client_ca,
-            handshake_timeout=args.tls_handshake_timeout,
+        tls = TLSConfig(certfile=args.certfile, **given)
+    elif given:
+        raise ValueError(
+            "certfile is required by --keyfile, --tls-client-ca and --tls-handshake-timeout"
         )
-    elif args.keyfile is not None or args.tls_client_ca is not None:
-        raise ValueError("certfile is required by --keyfile and --tls-client-ca")
     return ServerConfig(
         tls=tls,
         listener=ListenerConfig(
