@@ -139,7 +139,7 @@ def test_workers_without_so_reuseport_is_a_usage_error(
         (["--port", "0"], ("listener", "port"), 0),
     ],
 )
-def test_durations_and_sizes_take_units_plain_numbers_still_work(
+def test_durations_and_sizes_take_units_or_plain_numbers(
     args: list[str], field: tuple[str, str], value: object
 ) -> None:
     part, name = field

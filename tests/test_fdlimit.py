@@ -13,7 +13,7 @@ from trio_echo._fdlimit import FD_RESERVE, raise_fd_limit
 from .conftest import StartProcess
 
 
-def test_cli_raises_soft_fd_limit_to_what_max_connections_needs(
+def test_command_raises_soft_fd_limit_to_what_max_connections_needs(
     echo_process: StartProcess,
 ) -> None:
     server = echo_process("--max-connections", "500", nofile=(64, 4096))
@@ -24,7 +24,7 @@ def test_cli_raises_soft_fd_limit_to_what_max_connections_needs(
     assert server.stop() == 0
 
 
-def test_cli_warns_when_hard_fd_limit_is_too_low(echo_process: StartProcess) -> None:
+def test_command_warns_when_hard_fd_limit_is_too_low(echo_process: StartProcess) -> None:
     server = echo_process("--max-connections", "500", nofile=(64, 100))
     limits = Path(f"/proc/{server.pid}/limits").read_text()
     assert re.search(r"Max open files\s+100\s+100\s", limits), limits
