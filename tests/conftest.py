@@ -90,6 +90,17 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
 
 # ---- the real console script as a child process ----
 
+# Tests that start child processes through these fixtures are system tests
+# (``pytest -m "not system"`` leaves them out), marked or not in their module.
+PROCESS_FIXTURES = frozenset({"echo_process", "spawn"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+
+
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 

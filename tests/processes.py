@@ -140,3 +140,14 @@ def echo_once(port: int, payload: bytes) -> bytes:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         return read_until_eof(sock)
+
+
+def fill_both_directions(sock: socket.socket) -> None:
+    """Send without reading until *sock* can take no more: the server then blocks
+    sending an echo nobody reads, and the client's buffers are full too."""
+    sock.setblocking(False)
+    try:
+        for _ in range(10_000):
+            sock.send(b"x" * 65536)
+    except BlockingIOError:
+        pass

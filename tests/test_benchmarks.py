@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.system
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 RUN = BENCHMARKS / "run.py"
 SCENARIOS = ("pingpong-1k", "pingpong-64", "line-64", "stream")

@@ -1,4 +1,4 @@
-"""Periodic statistics lines and the JSON log format."""
+"""Logging (``_logs``): the JSON line format, the statistics lines, what each connection logs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from trio_echo import ServerStatistics
-from trio_echo._logs import JSONFormatter, event, report_statistics
+from trio_echo._logs import JSONFormatter, counters, event, report_statistics
 
 from .conftest import StartProcess
 from .processes import read_until_eof
@@ -78,6 +78,23 @@ async def test_no_closes_yet_reads_none(
     assert "closed=0 (none)" in caplog.records[-1].getMessage()
 
 
+async def test_stats_event_carries_every_counter_of_the_shutdown_event(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    now = snapshot(accepted=3, limit_waits=2, accept_errors=1)
+    with trio.move_on_after(1.5):
+        await report_statistics(FakeServer(snapshot(), now), 1.0)
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "stats"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert {name: fields[name] for name in counters(now)} == counters(now)
+    assert (fields["limit_waits"], fields["accept_errors"]) == (2, 1)
+    assert set(counters(now)) >= {
+        *("accepted", "closed_by_reason", "rounds", "bytes_in", "bytes_out"),
+        *("limit_waits", "accept_errors"),
+    }
+
+
 def test_json_formatter_puts_event_fields_at_top_level() -> None:
     record = logging.LogRecord("trio_echo", logging.INFO, __file__, 1, "closed %s", ("x",), None)
     for key, value in event("close", peer="127.0.0.1:5", rounds=3).items():
@@ -109,19 +126,26 @@ def test_cli_json_log_has_start_close_stats_and_shutdown_objects(
     echo_process: StartProcess,
 ) -> None:
     server = echo_process(
-        "--log-format", "json", "--stats-interval", "0.2", "--rounds", "1", "--framing", "line"
+        "--log-format", "json", "--stats-interval", "200ms", "--rounds", "1", "--framing", "line"
     )
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
         client.sendall(b"hi\nthere\n")
         assert read_until_eof(client) == b"hi\n"
     server.wait_for(re.compile(r'"event":"close"'))
-    server.wait_for(re.compile(r'"event":"stats".*"closed":1'))
+    stats = json.loads(server.wait_for(re.compile(r'^\{.*"event":"stats".*"closed":1.*')).group())
+    assert (stats["limit_waits"], stats["accept_errors"]) == (0, 0)
     status, log = server.stop(), server.log
     assert status == 0
     # Every line is one JSON object; the last is the summary.
     lines = [json.loads(line) for line in log.splitlines()]
     summary = lines[-1]
     assert summary["event"] == "shutdown"
+    assert set(summary) - {"time", "message"} == set(stats) - {
+        "time",
+        "message",
+        "interval",
+        "per_second",
+    }
     assert (summary["accepted"], summary["rounds"], summary["closed_by_reason"]) == (
         1,
         1,
@@ -142,3 +166,17 @@ def test_cli_json_start_and_close_objects(echo_process: StartProcess) -> None:
     assert close["reason"] == "eof"
     assert (close["rounds"], close["bytes_in"], close["bytes_out"]) == (1, 3, 3)
     assert re.fullmatch(r"127\.0\.0\.1:\d+", close["peer"])
+
+
+def test_close_of_each_connection_is_logged_with_peer_and_reason(
+    echo_process: StartProcess,
+) -> None:
+    server = echo_process("--rounds", "3", "--framing", "line")
+    with server.connect() as client:
+        client_port = client.getsockname()[1]
+        client.sendall(b"a\nb\nc\nd\ne\n")
+        assert read_until_eof(client) == b"a\nb\nc\n"
+    match = server.wait_for(re.compile(r"closed (\S+): rounds=(\d+) .*duration=\S+ reason=(\S+)"))
+    assert match.group(2, 3) == ("3", "rounds")
+    assert match.group(1) == f"127.0.0.1:{client_port}"
+    assert server.stop() == 0

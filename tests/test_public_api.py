@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import trio_echo
 from trio_echo import ConnectionConfig, EchoServer
 from trio_echo.pytest_plugin import EchoServerFactory
@@ -34,9 +36,21 @@ PUBLIC = {
 def test_all_is_exactly_the_public_names() -> None:
     assert set(trio_echo.__all__) == PUBLIC
     assert len(trio_echo.__all__) == len(PUBLIC)
-    exported = {name for name in vars(trio_echo) if not name.startswith("_")}
-    # Submodules (the pytest plugin, once imported) are not re-exported names.
+    # The names are imported on first use: resolve every one, then look.
+    for name in PUBLIC:
+        assert getattr(trio_echo, name) is not None, name
+    assert set(dir(trio_echo)) >= PUBLIC
+    # Only identifiers are names: pytest's assertion rewriting adds "@py_builtins"
+    # and "@pytest_ar" to modules it rewrites, and an installed (not editable)
+    # trio_echo is one, as the package of the pytest11 plugin.  Submodules (the
+    # pytest plugin, once imported) are not re-exported names either.
+    exported = {name for name in vars(trio_echo) if name.isidentifier() and name[0] != "_"}
     assert exported - PUBLIC <= {"pytest_plugin"}
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'Connection'"):
+        trio_echo.Connection  # noqa: B018
 
 
 def test_every_public_name_and_method_has_a_docstring() -> None:
@@ -71,6 +85,7 @@ async def test_typing_example_against_the_fixtures(
     assert typing_example.framing_of(ConnectionConfig(framing="line")) == "line"
 
 
+@pytest.mark.system
 def test_readme_embedding_example_runs_as_shown() -> None:
     text = README.read_text()
     section = text.split("## Embedding it in a trio program", 1)[1].split("\n## ", 1)[0]

@@ -21,7 +21,6 @@ from trio_echo._tls import ServerTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import StartProcess, make_config, receive_exactly, receive_until_eof, wait_until
-from .processes import TRIO_ECHO
 
 
 @attrs.frozen
@@ -240,32 +239,6 @@ async def test_mismatched_key_raises_ssl_error(certificates: Certificates, tmp_p
         await serve(make_config(tls=certificates.tls(keyfile=other_key)))
 
 
-def test_cli_bad_cert_path_is_one_line_exit_1(tmp_path: Path) -> None:
-    missing = tmp_path / "missing.pem"
-    result = subprocess.run(
-        [TRIO_ECHO, "--port", "0", "--certfile", str(missing)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 1
-    assert result.stderr == (
-        f"trio-echo: error: cannot load TLS files: certfile '{missing}': "
-        "No such file or directory\n"
-    )
-
-
-def test_cli_keyfile_without_certfile_is_a_usage_error() -> None:
-    result = subprocess.run(
-        [TRIO_ECHO, "--keyfile", "key.pem"], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == (
-        "trio-echo: error: argument --certfile: "
-        "certfile is required by --keyfile and --tls-client-ca"
-    )
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
 def test_cli_over_tls_with_openssl_s_client(
     certificates: Certificates, echo_process: StartProcess
@@ -408,33 +381,3 @@ async def test_transport_close_is_bounded_by_drain_timeout(
     started = trio.current_time()
     await transport.aclose()  # the client never sends its EOF
     assert trio.current_time() - started == pytest.approx(2)
-
-
-def test_help_lists_the_tls_stats_and_log_options() -> None:
-    result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
-    for option in (
-        "--certfile",
-        "--keyfile",
-        "--tls-client-ca",
-        "--tls-handshake-timeout",
-        "--stats-interval",
-        "--log-format",
-    ):
-        assert option in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "option"),
-    [
-        (["--certfile", "c.pem", "--tls-handshake-timeout", "0"], "--tls-handshake-timeout"),
-        (["--certfile", "c.pem", "--tls-handshake-timeout", "nan"], "--tls-handshake-timeout"),
-        (["--stats-interval", "0"], "--stats-interval"),
-        (["--stats-interval", "inf"], "--stats-interval"),
-        (["--log-format", "xml"], "--log-format"),
-    ],
-)
-def test_bad_new_arguments_are_usage_errors(args: list[str], option: str) -> None:
-    result = subprocess.run([TRIO_ECHO, *args], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith(f"trio-echo: error: argument {option}")
-    assert "Traceback" not in result.stderr

@@ -30,7 +30,7 @@ def test_durations(text: str, seconds: float) -> None:
     [
         ("", "invalid duration ''"),
         ("ms", "invalid duration 'ms'"),
-        ("-1ms", "invalid duration '-1ms'"),
+        ("-1ms", "invalid duration '-1ms': must not be negative"),
         ("1e3ms", "invalid duration '1e3ms'"),
         ("nan", "invalid duration 'nan'"),
         ("inf", "invalid duration 'inf'"),
@@ -71,7 +71,7 @@ def test_sizes(text: str, size: int) -> None:
         ("1MB", "unknown unit 'MB' in '1MB': use MiB"),
         ("1kb", "unknown unit 'kb' in '1kb': use KiB"),
         ("1TiB", "unknown unit 'TiB' in '1TiB': use B, KiB, MiB or GiB"),
-        ("-1", "invalid size '-1'"),
+        ("-1", "invalid size '-1': must not be negative"),
         ("lots", "invalid size 'lots'"),
     ],
 )

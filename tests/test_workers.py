@@ -1,4 +1,7 @@
-"""``--workers N``: the real command, its worker processes, signals and restarts."""
+"""The supervisor (``_supervisor``, ``--workers N``): its worker processes, signals, restarts.
+
+Its usage errors are ``test_cli.py``'s; its start-up errors ``test_roles.py``'s.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_echo._cli import main
 from trio_echo._sockets import bind_reuseport_groups, describe_sockets
 
 from .conftest import Spawn
-from .processes import TRIO_ECHO, LoggingProcess, echo_once, kill_if_running, wait_gone
+from .processes import (
+    TRIO_ECHO,
+    LoggingProcess,
+    echo_once,
+    fill_both_directions,
+    kill_if_running,
+    wait_gone,
+)
 
 STARTED = r"started worker (\d+) \(pid (\d+)\)"
 
@@ -111,58 +120,7 @@ def test_killed_parent_takes_its_workers_along(spawn: Spawn, worker_pids: list[i
     wait_gone(worker_pids)
 
 
-def test_address_in_use_is_one_line_and_exit_1() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run(
-            [TRIO_ECHO, "--port", str(port), "--workers", "2"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert result.returncode == 1
-    assert result.stderr == (
-        f"trio-echo: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
-    )
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--workers", "0"], "argument --workers: workers must be >= 1, got 0"),
-        (["--workers", "two"], "argument --workers: invalid int value"),
-        (["--fd", "three"], "argument --fd: invalid int value"),
-        (["--proxy-timeout", "0"], "argument --proxy-timeout: proxy_timeout must be"),
-        (["--proxy-timeout", "nan"], "argument --proxy-timeout: proxy_timeout must be"),
-    ],
-)
-def test_new_options_usage_errors(
-    capsys: pytest.CaptureFixture[str], args: list[str], message: str
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_workers_without_so_reuseport_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delattr(socket, "SO_REUSEPORT")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--workers", "2"])
-    assert exit_info.value.code == 2
-    assert "argument --workers: needs SO_REUSEPORT" in capsys.readouterr().err
-
-
-def test_help_says_max_connections_is_per_worker() -> None:
-    result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
-    assert "per worker" in " ".join(result.stdout.split())
-    assert "--workers N" in result.stdout
-
-
+@pytest.mark.system
 def test_worker_whose_supervisor_is_gone_does_not_start() -> None:
     # PID 1 is never this test's process, so the "supervisor" is not the parent.
     result = subprocess.run(
@@ -176,25 +134,12 @@ def test_worker_whose_supervisor_is_gone_does_not_start() -> None:
     assert "listening" not in result.stderr
 
 
-def test_malformed_worker_of_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--worker-of", "x"])
-    assert exit_info.value.code == 2
-    assert "argument --worker-of: expected PID:NUMBER" in capsys.readouterr().err
-
-
 def test_second_signal_to_parent_stops_workers_at_once(
     spawn: Spawn, worker_pids: list[int]
 ) -> None:
     parent, port = start_workers(spawn, worker_pids, "--grace", "60")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.setblocking(False)
-        # Fill both directions: the worker blocks sending an echo nobody reads.
-        try:
-            for _ in range(10_000):
-                client.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
+        fill_both_directions(client)
         parent.signal(signal.SIGTERM)
         parent.wait_for(r"\[worker \d\] shutting down: 1 connection")
         parent.signal(signal.SIGTERM)

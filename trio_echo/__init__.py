@@ -8,18 +8,26 @@ or start servers from a pytest-trio suite with the fixtures of
 :mod:`trio_echo.pytest_plugin` (``pip install 'trio-echo[pytest]'``).
 """
 
-from ._config import (
-    ConnectionConfig,
-    Faults,
-    Framing,
-    ListenerConfig,
-    ServerConfig,
-    TLSConfig,
-)
-from ._protocol import EchoProtocol
-from ._server import EchoServer, serve
-from ._stats import ServerStatistics
+# The names below are imported on first use (PEP 562), so that importing the
+# package -- which the ``trio-echo`` command does before it parses its
+# arguments -- does not import trio: ``--help`` and ``--version`` stay instant.
+import importlib as _importlib
+import typing as _typing
+
 from ._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from ._config import (
+        ConnectionConfig,
+        Faults,
+        Framing,
+        ListenerConfig,
+        ServerConfig,
+        TLSConfig,
+    )
+    from ._protocol import EchoProtocol
+    from ._server import EchoServer, serve
+    from ._stats import ServerStatistics
 
 __all__ = [
     "ConnectionConfig",
@@ -34,3 +42,31 @@ __all__ = [
     "__version__",
     "serve",
 ]
+
+# Where each public name is defined.
+_MODULE_OF = {
+    "ConnectionConfig": "._config",
+    "EchoProtocol": "._protocol",
+    "EchoServer": "._server",
+    "Faults": "._config",
+    "Framing": "._config",
+    "ListenerConfig": "._config",
+    "ServerConfig": "._config",
+    "ServerStatistics": "._stats",
+    "TLSConfig": "._config",
+    "serve": "._server",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name on first use, then keep it as a module attribute."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,57 +1,59 @@
-"""The ``trio-echo`` command: arguments to config (the only place), logging, signals."""
+"""The ``trio-echo`` command line: the parser, and arguments to configuration (nothing else).
+
+This module imports neither trio nor the server: ``--help``, ``--version``
+and usage errors answer before anything heavy is loaded.  Once the arguments
+are valid, :func:`main` hands the configuration to :mod:`trio_echo._roles`,
+which runs this process as the single server, the supervisor or a worker.
+
+Exit statuses: 0 after a clean (graceful) shutdown; 1 when the server cannot
+start (address in use, a TLS file missing, a descriptor that is not open or not
+a listening socket: facts about the machine, known only when trying); 2 for a
+usage error (a value no machine would accept: argparse's convention); 130 for a
+Ctrl-C that arrives before the signal handlers are installed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
 import os
-import resource
-import signal
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import NoReturn, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Literal, NoReturn, TypeVar
 
 import attrs
-import trio
 
-from . import __version__
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
-from ._logs import JSONFormatter, event, report_statistics
-from ._server import EchoServer, serve
-from ._sockets import (
-    bind_reuseport_groups,
-    describe_sockets,
-    has_reuseport,
-    listening_socket_from_fd,
-    systemd_listen_fds,
-)
-from ._stats import ServerStatistics
-from ._supervisor import Supervisor, WorkerSpec, die_with_parent
-from ._tls import server_context
+from ._sockets import has_reuseport
 from ._units import parse_duration, parse_rate, parse_size
+from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["ProcessOptions", "build_parser", "config_from_args", "main"]
 
-LOGGER = logging.getLogger("trio_echo")
-
+LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-# Exit statuses: 0 after a clean (graceful) shutdown, 1 when the server cannot
-# start, 2 for a usage error (argparse's own convention).
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
-
-# Descriptors the process needs besides one per connection: stdio, the
-# listening sockets, trio's epoll and wake-up sockets, with room to spare.
-FD_RESERVE = 32
-
+EXIT_USAGE = 2
 
 T = TypeVar("T")
+
+
+@attrs.frozen(kw_only=True)
+class ProcessOptions:
+    """What the process needs besides the server's :class:`ServerConfig`."""
+
+    arguments: tuple[str, ...]
+    """The command line as given, repeated on the command lines of workers."""
+    workers: int
+    """Worker processes to run (1: serve in this process)."""
+    fds: tuple[int, ...] | None
+    """Descriptors named by ``--fd`` (``None``: systemd's, if any, else bind)."""
+    worker_of: tuple[int, int] | None
+    """For a worker: its supervisor's PID and its own number."""
+    stats_interval: float | None
+    """Seconds between ``stats`` log lines (``None``: none)."""
+    log_level: str
+    log_format: LogFormat
 
 
 def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
@@ -68,48 +70,57 @@ def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
     return convert
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"must be a duration > 0, like 1s or 500ms; got {text!r}")
+    return seconds
+
+
+def _descriptor(text: str) -> int:
+    if not text.lstrip("-").isdigit():
+        raise ValueError(f"expected a descriptor number, got {text!r}")
+    if int(text) < 0:
+        raise ValueError(f"a descriptor number is >= 0, got {text}")
+    return int(text)
+
+
 DURATION = _typed(parse_duration, "duration")
+POSITIVE_DURATION = _typed(_positive_duration, "duration")
 SIZE = _typed(parse_size, "size")
 RATE = _typed(parse_rate, "rate")
+DESCRIPTOR = _typed(_descriptor, "descriptor")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0."""
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(text)
-    return value
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults_l, defaults_c = ListenerConfig(), ConnectionConfig()
-    default_handshake = attrs.fields(TLSConfig).handshake_timeout.default
+    """The ``trio-echo`` argument parser; defaults come from the config classes."""
+    listener, connection = ListenerConfig(), ConnectionConfig()
+    handshake = attrs.fields(TLSConfig).handshake_timeout.default
     parser = _Parser(
         prog="trio-echo",
-        description="A TCP echo server built on trio.",
+        description="A TCP echo server built on trio.  Durations take ms or s "
+        "(500ms, 1.5s; a plain number is seconds); sizes take B, KiB, MiB or GiB "
+        "(64KiB; a plain number is bytes).",
         epilog="SIGINT or SIGTERM shuts down gracefully; a second one stops at once.",
     )
     add = parser.add_argument
     add(
-        "--host",
-        default=None,
-        help=f"address to bind; '' or '*' binds every address (default: {defaults_l.host})",
+        "--host", help=f"address to bind; '' or '*' binds every address (default: {listener.host})"
     )
     add(
         "--port",
         type=int,
-        default=None,
-        help=f"TCP port; 0 picks a free one, logged at start (default: {defaults_l.port})",
+        help=f"TCP port; 0 picks a free one, logged at start (default: {listener.port})",
     )
     add(
         "--fd",
-        type=int,
+        type=DESCRIPTOR,
         action="append",
         metavar="N",
         help="serve on the inherited listening socket N instead of binding; repeatable "
@@ -123,47 +134,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N worker processes sharing the port with SO_REUSEPORT (Linux), "
         "restarted if they die (default: %(default)s)",
     )
-    add(
-        "--rounds",
-        type=int,
-        metavar="N",
-        default=None,
-        help="echo N messages per connection, then close (default: unlimited)",
-    )
+    add("--rounds", type=int, metavar="N", help="echo N messages per connection, then close")
     add(
         "--framing",
         choices=FRAMINGS,
-        default=defaults_c.framing,
+        default=connection.framing,
         help="raw: a message is one receive; line: a message ends in \\n (default: %(default)s)",
     )
     add(
         "--max-message",
-        type=int,
-        metavar="BYTES",
-        default=defaults_c.max_message,
+        type=SIZE,
+        metavar="SIZE",
+        default=connection.max_message,
         help="largest message (raw: per receive; line: longest line) (default: %(default)s)",
     )
     add(
         "--max-connections",
         type=int,
         metavar="N",
-        default=defaults_l.max_connections,
+        default=listener.max_connections,
         help="connections open at once, per worker; more wait in the backlog "
         "(default: %(default)s)",
     )
     add(
         "--idle-timeout",
-        type=float,
-        metavar="SECONDS",
-        default=defaults_c.idle_timeout,
-        help="close a connection idle this long; 0 disables (default: %(default)s)",
+        type=DURATION,
+        metavar="DURATION",
+        default=connection.idle_timeout,
+        help="close a connection idle this long; 0 disables (default: %(default)s s)",
     )
     add(
         "--grace",
-        type=float,
-        metavar="SECONDS",
-        default=defaults_l.grace,
-        help="on shutdown, time allowed to finish echoes in progress (default: %(default)s)",
+        type=DURATION,
+        metavar="DURATION",
+        default=listener.grace,
+        help="on shutdown, time allowed to finish echoes in progress (default: %(default)s s)",
     )
     add(
         "--proxy-protocol",
@@ -173,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--proxy-timeout",
-        type=float,
-        metavar="SECONDS",
-        default=defaults_l.proxy_timeout,
-        help="with --proxy-protocol, time allowed for the header (default: %(default)s)",
+        type=DURATION,
+        metavar="DURATION",
+        help="with --proxy-protocol, time allowed for the header "
+        f"(default: {listener.proxy_timeout} s)",
     )
     add("--certfile", metavar="PEM", help="serve over TLS with this certificate chain")
     add("--keyfile", metavar="PEM", help="the private key, if not in --certfile (needs it)")
@@ -187,18 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--tls-handshake-timeout",
-        type=float,
-        metavar="SECONDS",
-        default=default_handshake,
+        type=DURATION,
+        metavar="DURATION",
         help="close clients that have not completed the TLS handshake by then "
-        "(default: %(default)s)",
+        f"(needs --certfile; default: {handshake} s)",
     )
     add(
         "--stats-interval",
-        type=seconds,
-        metavar="SECONDS",
-        default=None,
-        help="log the server's statistics every SECONDS (default: off)",
+        type=POSITIVE_DURATION,
+        metavar="DURATION",
+        help="log the server's statistics every DURATION (> 0; default: off)",
     )
     _add_fault_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
-        help="json: one JSON object per line (default: %(default)s)",
+        help="json: one JSON object per line, start-up errors included (default: %(default)s)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     # Internal: set by the --workers parent on the command lines of its workers.
@@ -214,112 +217,121 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The fault options: (option, metavar, help).  Each sets the Faults field of
+# the same name; durations default to 0, the others to None (off).
+FAULT_OPTIONS = (
+    ("--latency", "DURATION", "delay each echo"),
+    ("--jitter", "DURATION", "vary each delay uniformly by up to +/- this (at most --latency)"),
+    ("--fragment", "SIZE", "write each echo in pieces of at most SIZE bytes, one send each"),
+    ("--fragment-delay", "DURATION", "wait this long between the pieces (needs --fragment)"),
+    ("--bandwidth", "RATE", "pace each connection's echoes to RATE bytes/s (64KiB or 64KiB/s)"),
+    (
+        "--stall-after",
+        "SIZE",
+        "after SIZE bytes echoed, stop reading and writing until the idle timeout",
+    ),
+    ("--reset-after", "SIZE", "after echoing SIZE bytes, abort the connection with a TCP reset"),
+    ("--seed", "N", "seed for --jitter, to replay a run (default: drawn at start and logged)"),
+)
+
+
 def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group(
-        "faults",
-        "misbehave on purpose, to test clients (all off by default). "
-        "Durations take ms or s (50ms, 1.5s); sizes take B, KiB, MiB or GiB (64KiB).",
+        "faults", "misbehave on purpose, to test clients (all off by default)"
     )
-    add = faults.add_argument
-    add("--latency", type=DURATION, metavar="DURATION", default=0.0, help="delay each echo")
-    add(
-        "--jitter",
-        type=DURATION,
-        metavar="DURATION",
-        default=0.0,
-        help="vary each delay uniformly by up to +/- this (at most --latency)",
-    )
-    add(
-        "--fragment",
-        type=SIZE,
-        metavar="SIZE",
-        default=None,
-        help="write each echo in pieces of at most SIZE bytes, one send each",
-    )
-    add(
-        "--fragment-delay",
-        type=DURATION,
-        metavar="DURATION",
-        default=0.0,
-        help="wait this long between the pieces of an echo (needs --fragment)",
-    )
-    add(
-        "--bandwidth",
-        type=RATE,
-        metavar="RATE",
-        default=None,
-        help="pace each connection's echoes to RATE bytes per second (64KiB or 64KiB/s)",
-    )
-    add(
-        "--stall-after",
-        type=SIZE,
-        metavar="SIZE",
-        default=None,
-        help="after echoing SIZE bytes, stop reading and writing until the idle timeout",
-    )
-    add(
-        "--reset-after",
-        type=SIZE,
-        metavar="SIZE",
-        default=None,
-        help="after echoing SIZE bytes, abort the connection with a TCP reset",
-    )
-    add(
-        "--seed",
-        type=int,
-        metavar="N",
-        default=None,
-        help="seed for --jitter, to replay a run (default: drawn at start and logged)",
-    )
+    types: dict[str, Callable[[str], object]] = {
+        "DURATION": DURATION,
+        "SIZE": SIZE,
+        "RATE": RATE,
+        "N": int,
+    }
+    for option, metavar, text in FAULT_OPTIONS:
+        default = 0.0 if metavar == "DURATION" else None
+        faults.add_argument(
+            option, type=types[metavar], metavar=metavar, default=default, help=text
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build the server's configuration from parsed arguments.
 
     Raises:
-      ValueError, TypeError: from the config validators, naming the field.
+      ValueError, TypeError: from the config validators, naming the field; or
+        for options that need another one (``--keyfile`` without ``--certfile``,
+        ``--proxy-timeout`` without ``--proxy-protocol``).
     """
     defaults = ListenerConfig()
     host = defaults.host if args.host is None else args.host
     host = None if host in ("", "*") else host
-    port = defaults.port if args.port is None else args.port
-    idle = None if args.idle_timeout == 0 else args.idle_timeout
+    if args.proxy_timeout is not None and not args.proxy_protocol:
+        raise ValueError("proxy_timeout applies only with --proxy-protocol")
+    tls_options = {
+        "keyfile": args.keyfile,
+        "client_ca": args.tls_client_ca,
+        "handshake_timeout": args.tls_handshake_timeout,
+    }
+    given = {name: value for name, value in tls_options.items() if value is not None}
     tls = None
     if args.certfile is not None:
-        tls = TLSConfig(
-            certfile=args.certfile,
-            keyfile=args.keyfile,
-            client_ca=args.tls_client_ca,
-            handshake_timeout=args.tls_handshake_timeout,
+        tls = TLSConfig(certfile=args.certfile, **given)
+    elif given:
+        raise ValueError(
+            "certfile is required by --keyfile, --tls-client-ca and --tls-handshake-timeout"
         )
-    elif args.keyfile is not None or args.tls_client_ca is not None:
-        raise ValueError("certfile is required by --keyfile and --tls-client-ca")
     return ServerConfig(
         tls=tls,
         listener=ListenerConfig(
             host=host,
-            port=port,
+            port=defaults.port if args.port is None else args.port,
             max_connections=args.max_connections,
             grace=args.grace,
             proxy_protocol=args.proxy_protocol,
-            proxy_timeout=args.proxy_timeout,
+            proxy_timeout=(
+                defaults.proxy_timeout if args.proxy_timeout is None else args.proxy_timeout
+            ),
         ),
         connection=ConnectionConfig(
             rounds=args.rounds,
             framing=args.framing,
             max_message=args.max_message,
-            idle_timeout=idle,
-            faults=Faults(
-                latency=args.latency,
-                jitter=args.jitter,
-                fragment=args.fragment,
-                fragment_delay=args.fragment_delay,
-                bandwidth=args.bandwidth,
-                stall_after=args.stall_after,
-                reset_after=args.reset_after,
-                seed=args.seed,
-            ),
+            idle_timeout=None if args.idle_timeout == 0 else args.idle_timeout,
+            faults=Faults(**{name: getattr(args, name) for name in _fault_fields()}),
         ),
+    )
+
+
+def _fault_fields() -> list[str]:
+    return [option[2:].replace("-", "_") for option, _, _ in FAULT_OPTIONS]
+
+
+def options_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, arguments: Sequence[str]
+) -> ProcessOptions:
+    """The process options in *args*; a usage error (exit 2) for invalid combinations."""
+    worker_of = None
+    if args.worker_of is not None:
+        pid, _, number = args.worker_of.partition(":")
+        if not (pid.isdigit() and number.isdigit()):
+            parser.error(f"argument --worker-of: expected PID:NUMBER, got {args.worker_of!r}")
+        worker_of = int(pid), int(number)
+    if args.workers < 1:
+        parser.error(f"argument --workers: workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and not (has_reuseport() and hasattr(os, "pidfd_open")):
+        parser.error(
+            "argument --workers: needs SO_REUSEPORT and pidfd_open (Linux), "
+            "which this platform does not have"
+        )
+    # A worker's command line repeats the parent's --host/--port next to its --fd.
+    if args.fd and worker_of is None and (args.host is not None or args.port is not None):
+        parser.error("argument --fd: not allowed with --host or --port")
+    return ProcessOptions(
+        arguments=tuple(arguments),
+        workers=args.workers,
+        fds=None if args.fd is None else tuple(args.fd),
+        worker_of=worker_of,
+        stats_interval=args.stats_interval,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -334,7 +346,11 @@ def _option_for(message: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the ``trio-echo`` command; return the exit status.
+
+    Bad arguments exit at once with status 2 (:exc:`SystemExit`), one line on
+    stderr naming the option; everything else is :func:`trio_echo._roles.run`'s.
+    """
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(arguments)
@@ -342,232 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.error(f"argument {_option_for(str(exc))}: {exc}")
-    worker = _worker_of(parser, args.worker_of)
-    _check_listen_options(parser, args, worker)
-    process = "supervisor" if args.workers > 1 else None
-    if worker is not None:
-        process = f"worker {worker[1]}"
-    _configure_logging(args.log_level, args.log_format, process)
-    if worker is not None and not die_with_parent(worker[0]):
-        LOGGER.error("the supervisor (pid %d) is gone; not starting", worker[0])
-        return EXIT_FAILURE
-    if config.tls is not None:
-        try:
-            # Fail before starting, with the file's name; serve() loads it again.
-            server_context(config.tls)
-        except OSError as exc:
-            print(f"trio-echo: error: cannot load TLS files: {_describe(exc)}", file=sys.stderr)
-            return EXIT_FAILURE
-    try:
-        fds: list[int] = args.fd or systemd_listen_fds(os.environ, os.getpid())
-        sockets = [listening_socket_from_fd(fd) for fd in fds]
-    except (OSError, ValueError) as exc:
-        print(f"trio-echo: error: cannot serve on inherited sockets: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.workers > 1:
-        return _supervise(config, args.workers, arguments, sockets, explicit_fds=bool(args.fd))
-    return _serve_here(config, sockets or None, args.stats_interval)
+    options = options_from_args(parser, args, arguments)
+    # Imported only now: it brings in trio, which --help and --version do not need.
+    from ._roles import run
 
-
-def _worker_of(parser: argparse.ArgumentParser, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    pid, _, number = value.partition(":")
-    if not (pid.isdigit() and number.isdigit()):
-        parser.error(f"argument --worker-of: expected PID:NUMBER, got {value!r}")
-    return int(pid), int(number)
-
-
-def _check_listen_options(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, worker: tuple[int, int] | None
-) -> None:
-    if args.workers < 1:
-        parser.error(f"argument --workers: workers must be >= 1, got {args.workers}")
-    if args.workers > 1 and not (has_reuseport() and hasattr(os, "pidfd_open")):
-        parser.error(
-            "argument --workers: needs SO_REUSEPORT and pidfd_open (Linux), "
-            "which this platform does not have"
-        )
-    # A worker's command line repeats the parent's --host/--port next to its --fd.
-    if args.fd and worker is None and (args.host is not None or args.port is not None):
-        parser.error("argument --fd: not allowed with --host or --port")
-
-
-def _serve_here(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
-) -> int:
-    """Serve in this process until a signal; return the exit status."""
-    raise_fd_limit(config.listener.max_connections + FD_RESERVE)
-    failure: OSError | None = None
-    interrupted = False
-    try:
-        stats = trio.run(_run, config, sockets, stats_interval)
-    except* OSError as group:
-        failure = _first_os_error(group)
-    except* KeyboardInterrupt:
-        # Ctrl-C arrived before the signal handlers were installed.
-        interrupted = True
-    if interrupted:
-        return EXIT_INTERRUPTED
-    if failure is not None:
-        print(
-            f"trio-echo: error: cannot listen on {_where(config)}: {_describe(failure)}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    LOGGER.info(
-        "stopped: %d connections, %d rounds, %d bytes in, %d bytes out",
-        stats.accepted,
-        stats.rounds,
-        stats.bytes_in,
-        stats.bytes_out,
-        extra=event(
-            "shutdown",
-            accepted=stats.accepted,
-            closed_by_reason=dict(stats.closed_by_reason),
-            rounds=stats.rounds,
-            bytes_in=stats.bytes_in,
-            bytes_out=stats.bytes_out,
-            limit_waits=stats.limit_waits,
-            accept_errors=stats.accept_errors,
-        ),
-    )
-    return EXIT_OK
-
-
-def raise_fd_limit(needed: int) -> None:
-    """Raise the soft ``RLIMIT_NOFILE`` to *needed*, or as close as the hard limit allows.
-
-    Never lowers it.  Logs a warning when the process cannot have *needed*
-    descriptors: the server still runs, and once they are all in use,
-    ``accept()`` fails with ``EMFILE`` and is retried (clients wait in the backlog).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            LOGGER.warning("cannot raise the open file limit from %d: %s", soft, exc)
-            target = soft
-        else:
-            LOGGER.info("raised the open file limit from %d to %d", soft, target)
-    if target < needed:
-        LOGGER.warning(
-            "the open file limit (%d) is below the %d that --max-connections needs; "
-            "beyond about %d connections, new clients wait in the backlog",
-            target,
-            needed,
-            max(target - FD_RESERVE, 0),
-        )
-
-
-def _supervise(
-    config: ServerConfig,
-    workers: int,
-    arguments: list[str],
-    inherited: list[socket.socket],
-    *,
-    explicit_fds: bool,
-) -> int:
-    """Start *workers* worker processes and supervise them; return the exit status."""
-    if inherited:
-        # Every worker accepts on the same inherited sockets.
-        groups = [inherited] * workers
-    else:
-        listener = config.listener
-        try:
-            groups = bind_reuseport_groups(listener.host, listener.port, workers, listener.backlog)
-        except OSError as exc:
-            print(
-                f"trio-echo: error: cannot listen on {_where(config)}: {_describe(exc)}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-    LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
-    parent = os.getpid()
-    specs = []
-    for number, group in enumerate(groups, start=1):
-        fds = tuple(sock.fileno() for sock in group)
-        # Explicit --fd options are already in *arguments*, with the same numbers.
-        fd_options = [] if explicit_fds else [f"--fd={fd}" for fd in fds]
-        command = (
-            sys.executable,
-            "-m",
-            "trio_echo",
-            *arguments,
-            *fd_options,
-            "--workers=1",
-            f"--worker-of={parent}:{number}",
-        )
-        specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
-    sockets = list({id(sock): sock for group in groups for sock in group}.values())
-    supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
-    return trio.run(supervisor.run)
-
-
-def _configure_logging(level: str, log_format: str, process: str | None) -> None:
-    """Log to stderr; with --workers, every line names its *process*."""
-    handler = logging.StreamHandler(sys.stderr)
-    formatter: logging.Formatter
-    if log_format == "json":
-        formatter = JSONFormatter(process=process)
-    else:
-        prefix = "" if process is None else f"[{process}] "
-        formatter = logging.Formatter(TEXT_FORMAT.replace("%(message)s", prefix + "%(message)s"))
-    handler.setFormatter(formatter)
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-
-
-def _where(config: ServerConfig) -> str:
-    host = config.listener.host
-    return f"{'*' if host is None else host}:{config.listener.port}"
-
-
-def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    assert isinstance(exc, OSError)
-    return exc
-
-
-def _describe(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
-async def _run(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
-) -> ServerStatistics:
-    """Serve until a signal: the first shuts down gracefully, a second at once."""
-    listeners = None
-    if sockets is not None:
-        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            server: EchoServer = await nursery.start(
-                functools.partial(serve, config, listeners=listeners)
-            )
-            nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
-            if stats_interval is not None:
-                nursery.start_soon(report_statistics, server, stats_interval)
-            await server.wait_stopped()
-            nursery.cancel_scope.cancel()
-    return server.statistics()
-
-
-async def _watch_signals(
-    signals: AsyncIterator[int], server: EchoServer, scope: trio.CancelScope
-) -> None:
-    received = 0
-    async for signum in signals:
-        received += 1
-        name = signal.Signals(signum).name
-        if received == 1:
-            LOGGER.info("%s received: shutting down gracefully", name)
-            server.request_shutdown()
-        else:
-            LOGGER.warning("%s received again: stopping now", name)
-            scope.cancel()
+    return run(config, options)

@@ -1,8 +1,8 @@
-"""Log output for operators: the JSON line format and the periodic statistics line.
+"""Log output for operators: set-up, the JSON line format, start-up errors, statistics lines.
 
 Log records that mark an event carry it in ``extra``: ``event`` (``start``,
-``close``, ``stats``, ``stopping``, ``shutdown``) and ``fields`` (a dict of
-JSON-able values).  The text format shows only the message, which already
+``close``, ``stats``, ``stopping``, ``shutdown``, ``error``) and ``fields`` (a
+dict of JSON-able values).  The text format shows only the message, which already
 holds the same figures; :class:`JSONFormatter` writes one JSON object per
 line with the event and its fields as keys, for log shippers.
 """
@@ -12,16 +12,26 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import sys
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 
 from ._stats import ServerStatistics
 
-__all__ = ["JSONFormatter", "event", "report_statistics"]
+__all__ = [
+    "JSONFormatter",
+    "configure_logging",
+    "counters",
+    "event",
+    "report_startup_error",
+    "report_statistics",
+]
 
 LOGGER = logging.getLogger("trio_echo")
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def event(name: str, **fields: object) -> dict[str, Any]:
@@ -56,6 +66,46 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, separators=(",", ":"))
+
+
+def configure_logging(
+    level: str, log_format: Literal["text", "json"], process: str | None = None
+) -> None:
+    """Log to stderr at *level* in *log_format*; every line names *process*
+    (``--workers``: ``"supervisor"``, ``"worker 2"``) if given."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JSONFormatter(process=process)
+    else:
+        prefix = "" if process is None else f"[{process}] "
+        formatter = logging.Formatter(TEXT_FORMAT.replace("%(message)s", prefix + "%(message)s"))
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def report_startup_error(message: str, log_format: Literal["text", "json"]) -> None:
+    """Say why the server cannot start: ``trio-echo: error: <message>`` on stderr,
+    or, with the JSON log format, an ``error`` event (so a log shipper parses it)."""
+    if log_format == "json":
+        LOGGER.error("%s", message, extra=event("error"))
+    else:
+        print(f"trio-echo: error: {message}", file=sys.stderr)
+
+
+def counters(stats: ServerStatistics) -> dict[str, object]:
+    """The server's counters as event fields: the same in ``stats`` and ``shutdown``."""
+    return {
+        "active": stats.active,
+        "accepted": stats.accepted,
+        "closed": stats.closed,
+        "closed_by_reason": dict(stats.closed_by_reason),
+        "rounds": stats.rounds,
+        "bytes_in": stats.bytes_in,
+        "bytes_out": stats.bytes_out,
+        "limit_waits": stats.limit_waits,
+        "accept_errors": stats.accept_errors,
+    }
 
 
 class HasStatistics(Protocol):
@@ -94,17 +144,6 @@ async def report_statistics(server: HasStatistics, interval: float) -> None:
             rates["rounds"],
             rates["bytes_in"],
             rates["bytes_out"],
-            extra=event(
-                "stats",
-                active=now.active,
-                accepted=now.accepted,
-                closed=now.closed,
-                closed_by_reason=dict(now.closed_by_reason),
-                rounds=now.rounds,
-                bytes_in=now.bytes_in,
-                bytes_out=now.bytes_out,
-                interval=round(elapsed, 3),
-                per_second=rates,
-            ),
+            extra=event("stats", **counters(now), interval=round(elapsed, 3), per_second=rates),
         )
         last, last_time = now, now_time

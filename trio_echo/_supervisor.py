@@ -18,17 +18,20 @@ killed with SIGKILL leaves no orphan behind.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
 import trio
+
+from ._signals import dispatch_signals, shutdown_signals
 
 __all__ = ["Supervisor", "WorkerSpec", "die_with_parent"]
 
@@ -78,9 +81,25 @@ class Supervisor:
 
     async def run(self) -> int:
         """Supervise until the workers have stopped after a signal; return the exit status."""
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with shutdown_signals() as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_signals, signals, nursery)
+
+                def graceful(signum: signal.Signals) -> None:
+                    LOGGER.info(
+                        "%s received: stopping %d workers", signum.name, len(self._running)
+                    )
+                    self._stopping = True
+                    self._stop.set()
+                    self._close_sockets()
+                    nursery.start_soon(self._kill_after, self._grace + STOP_MARGIN)
+                    self._signal_all(signum)
+
+                def immediate(signum: signal.Signals) -> None:
+                    LOGGER.warning("%s received again: workers stop now", signum.name)
+                    self._signal_all(signum)
+
+                watch = functools.partial(dispatch_signals, graceful=graceful, immediate=immediate)
+                nursery.start_soon(watch, signals)
                 async with trio.open_nursery() as workers:
                     for spec in self._workers:
                         workers.start_soon(self._keep_running, spec)
@@ -127,28 +146,13 @@ class Supervisor:
         try:
             with trio.CancelScope(shield=True):
                 # Shielded: a worker is never left unwaited (a zombie, or an orphan
-                # still serving); the signals from _watch_signals and _kill_after
+                # still serving); the signals forwarded from run() and _kill_after
                 # end it, and this reaps it.
                 await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
             del self._running[spec.number]
         return process.wait()
-
-    async def _watch_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
-        received = 0
-        async for signum in signals:
-            received += 1
-            name = signal.Signals(signum).name
-            if received == 1:
-                LOGGER.info("%s received: stopping %d workers", name, len(self._running))
-                self._stopping = True
-                self._stop.set()
-                self._close_sockets()
-                nursery.start_soon(self._kill_after, self._grace + STOP_MARGIN)
-            else:
-                LOGGER.warning("%s received again: workers stop now", name)
-            self._signal_all(signum)
 
     def _signal_all(self, signum: int) -> None:
         for process in list(self._running.values()):

@@ -58,6 +58,8 @@ def _size(text: str, kind: str, examples: str) -> int:
 
 def _split(text: str, kind: str, examples: str) -> tuple[str, str]:
     match = _QUANTITY.fullmatch(text.strip())
+    if match is None and text.strip().startswith("-"):
+        raise ValueError(f"invalid {kind} {text!r}: must not be negative")
     if match is None:
         raise ValueError(f"invalid {kind} {text!r}: expected a number and a unit, like {examples}")
     return match["number"], match["unit"]

@@ -1,0 +1,214 @@
+"""Process roles: run this process as the single server, the ``--workers`` supervisor or a worker.
+
+:func:`run` takes the configuration the command line built, sets up logging,
+checks what can only be checked on this machine (the TLS files, inherited
+descriptors, the address), and serves until a signal.  A start-up failure is
+one line on stderr -- a JSON ``error`` event with ``--log-format json`` -- and
+exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from ._cli import ProcessOptions
+from ._config import ServerConfig
+from ._fdlimit import FD_RESERVE, raise_fd_limit
+from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
+from ._server import EchoServer, serve
+from ._signals import dispatch_signals, shutdown_signals
+from ._sockets import (
+    bind_reuseport_groups,
+    describe_sockets,
+    listening_socket_from_fd,
+    systemd_listen_fds,
+)
+from ._stats import ServerStatistics
+from ._supervisor import Supervisor, WorkerSpec, die_with_parent
+from ._tls import server_context
+
+__all__ = ["run"]
+
+LOGGER = logging.getLogger("trio_echo")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why, for the operator."""
+
+
+def run(config: ServerConfig, options: ProcessOptions) -> int:
+    """Serve *config* in the role *options* give this process; return the exit status.
+
+    Blocks until the server (or every worker) has stopped after a signal:
+    the first SIGINT or SIGTERM shuts down gracefully, a second at once.
+    """
+    process = "supervisor" if options.workers > 1 else None
+    if options.worker_of is not None:
+        process = f"worker {options.worker_of[1]}"
+    configure_logging(options.log_level, options.log_format, process)
+    if options.worker_of is not None and not die_with_parent(options.worker_of[0]):
+        LOGGER.error("the supervisor (pid %d) is gone; not starting", options.worker_of[0])
+        return EXIT_FAILURE
+    try:
+        _check_tls_files(config)
+        sockets = _inherited_sockets(options.fds)
+        if options.workers > 1:
+            return _supervise(config, options, sockets)
+        return _serve_here(config, sockets or None, options.stats_interval)
+    except StartupError as exc:
+        report_startup_error(str(exc), options.log_format)
+        return EXIT_FAILURE
+
+
+def _check_tls_files(config: ServerConfig) -> None:
+    if config.tls is not None:
+        try:
+            # Fail before starting, with the file's name; serve() loads it again.
+            server_context(config.tls)
+        except OSError as exc:
+            raise StartupError(f"cannot load TLS files: {_describe(exc)}") from None
+
+
+def _inherited_sockets(fds: tuple[int, ...] | None) -> list[socket.socket]:
+    """The listening sockets named by ``--fd``, else systemd's (``LISTEN_FDS``), else none."""
+    try:
+        numbers = list(fds) if fds is not None else systemd_listen_fds(os.environ, os.getpid())
+    except ValueError as exc:
+        raise StartupError(f"cannot serve on inherited sockets: {exc}") from None
+    sockets = []
+    for fd in numbers:
+        try:
+            sockets.append(listening_socket_from_fd(fd))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve on inherited sockets: fd {fd}: {_describe(exc)}"
+            ) from None
+        except ValueError as exc:
+            raise StartupError(f"cannot serve on inherited sockets: {exc}") from None
+    return sockets
+
+
+def _serve_here(
+    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+) -> int:
+    """Serve in this process until a signal; return the exit status."""
+    raise_fd_limit(config.listener.max_connections + FD_RESERVE)
+    failure: OSError | None = None
+    interrupted = False
+    try:
+        stats = trio.run(_serve_until_signalled, config, sockets, stats_interval)
+    except* OSError as group:
+        failure = _first_os_error(group)
+    except* KeyboardInterrupt:
+        # Ctrl-C arrived before the signal handlers were installed.
+        interrupted = True
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if failure is not None:
+        raise StartupError(f"cannot listen on {_where(config)}: {_describe(failure)}")
+    LOGGER.info(
+        "stopped: %d connections, %d rounds, %d bytes in, %d bytes out",
+        stats.accepted,
+        stats.rounds,
+        stats.bytes_in,
+        stats.bytes_out,
+        extra=event("shutdown", **counters(stats)),
+    )
+    return EXIT_OK
+
+
+async def _serve_until_signalled(
+    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+) -> ServerStatistics:
+    """Serve until a signal: the first shuts down gracefully, a second at once."""
+    listeners = None
+    if sockets is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    with shutdown_signals() as signals:
+        async with trio.open_nursery() as nursery:
+            server: EchoServer = await nursery.start(
+                functools.partial(serve, config, listeners=listeners)
+            )
+
+            def graceful(signum: signal.Signals) -> None:
+                LOGGER.info("%s received: shutting down gracefully", signum.name)
+                server.request_shutdown()
+
+            def immediate(signum: signal.Signals) -> None:
+                LOGGER.warning("%s received again: stopping now", signum.name)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(
+                functools.partial(
+                    dispatch_signals, signals, graceful=graceful, immediate=immediate
+                )
+            )
+            if stats_interval is not None:
+                nursery.start_soon(report_statistics, server, stats_interval)
+            await server.wait_stopped()
+            nursery.cancel_scope.cancel()
+    return server.statistics()
+
+
+def _supervise(
+    config: ServerConfig, options: ProcessOptions, inherited: list[socket.socket]
+) -> int:
+    """Start the worker processes and supervise them; return the exit status."""
+    workers = options.workers
+    if inherited:
+        # Every worker accepts on the same inherited sockets.
+        groups = [inherited] * workers
+    else:
+        listener = config.listener
+        try:
+            groups = bind_reuseport_groups(listener.host, listener.port, workers, listener.backlog)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {_where(config)}: {_describe(exc)}") from None
+    LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
+    parent = os.getpid()
+    specs = []
+    for number, group in enumerate(groups, start=1):
+        fds = tuple(sock.fileno() for sock in group)
+        # Explicit --fd options are already in the arguments, with the same numbers.
+        fd_options = [] if options.fds else [f"--fd={fd}" for fd in fds]
+        command = (
+            sys.executable,
+            "-m",
+            "trio_echo",
+            *options.arguments,
+            *fd_options,
+            "--workers=1",
+            f"--worker-of={parent}:{number}",
+        )
+        specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
+    sockets = list({id(sock): sock for group in groups for sock in group}.values())
+    supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
+    return trio.run(supervisor.run)
+
+
+def _where(config: ServerConfig) -> str:
+    host = config.listener.host
+    return f"{'*' if host is None else host}:{config.listener.port}"
+
+
+def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, OSError)
+    return exc
+
+
+def _describe(exc: OSError) -> str:
+    return exc.strerror or str(exc)
