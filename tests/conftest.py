@@ -11,9 +11,11 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,12 @@ from typing import Any
 import pytest
 import trio
 
-from trio_echo import EchoServer, ListenerConfig, ServerConfig
+from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig
 from trio_echo._config import replace_fields
+from trio_echo._connection import Connection, Step
+from trio_echo._faults import FaultTransport
+from trio_echo._tls import TLSHandshake, TLSTransport
+from trio_echo._transports import SocketTransport, StreamTransport, Transport
 
 from .processes import TRIO_ECHO, LoggingProcess
 
@@ -247,3 +253,39 @@ def spawn() -> Iterator[Spawn]:
     yield start
     for process in started:
         process.kill()
+
+
+# ---- connections under test, without a server ----
+
+
+def build_connection(
+    base: trio.abc.Stream | socket.socket,
+    config: ConnectionConfig,
+    *,
+    peer: str = "test",
+    tls: ssl.SSLContext | None = None,
+    fault_events: Counter[str] | None = None,
+) -> Connection:
+    """A Connection composed as the server composes one: *base* (a stream, or a
+    non-blocking socket driven directly), TLS over it with *tls*, faults over
+    that when ``config.faults`` has one on (counted in *fault_events*)."""
+    transport: Transport
+    steps: list[Step] = []
+    if isinstance(base, socket.socket):
+        transport = SocketTransport(base, buffer=memoryview(bytearray(config.max_message)))
+    else:
+        transport = StreamTransport(base, max_bytes=config.max_message)
+    if tls is not None:
+        tls_transport = TLSTransport(transport, tls, max_bytes=config.max_message)
+        steps.append(TLSHandshake(tls_transport, 10.0))
+        transport = tls_transport
+    if config.faults.enabled:
+        faulty = FaultTransport(
+            transport,
+            config.faults,
+            seed=config.faults.seed,
+            events=Counter() if fault_events is None else fault_events,
+        )
+        steps.append(faulty.start)
+        transport = faulty
+    return Connection(transport, config, peer=peer, steps=tuple(steps))

@@ -1,5 +1,5 @@
-"""The connection loop: StreamConnection over trio.testing memory streams (virtual
-time via autojump_clock) and SocketConnection over a real socketpair."""
+"""The connection loop: over trio.testing memory streams (virtual time via
+autojump_clock) and over a plain socket driven directly (a real socketpair)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import trio.testing
 from trio.testing import MockClock
 
 from trio_echo import ConnectionConfig
-from trio_echo._connection import Connection, SocketConnection, StreamConnection, format_peer
+from trio_echo._connection import Connection
+from trio_echo._sockets import format_address
+
+from .conftest import build_connection
 
 Pair = trio.StapledStream[trio.abc.SendStream, trio.abc.ReceiveStream]
 
@@ -45,18 +48,18 @@ async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
 
 def memory_connection(
     **config: Any,
-) -> tuple[StreamConnection, trio.StapledStream[Any, Any], trio.StapledStream[Any, Any]]:
+) -> tuple[Connection, trio.StapledStream[Any, Any], trio.StapledStream[Any, Any]]:
     """(connection, its server-side stream, the client's stream) over memory streams,
     which buffer without limit."""
     server, client = trio.testing.memory_stream_pair()
-    return StreamConnection(server, ConnectionConfig(**config), peer="test"), server, client
+    return build_connection(server, ConnectionConfig(**config)), server, client
 
 
-def lockstep_connection(**config: Any) -> tuple[StreamConnection, Pair, Pair]:
+def lockstep_connection(**config: Any) -> tuple[Connection, Pair, Pair]:
     """Like memory_connection, but send_all blocks until the other side has received
     everything: a send that completes proves the peer read it."""
     server, client = trio.testing.lockstep_stream_pair()
-    return StreamConnection(server, ConnectionConfig(**config), peer="test"), server, client
+    return build_connection(server, ConnectionConfig(**config)), server, client
 
 
 class WholeCloseStream(trio.abc.Stream):
@@ -423,7 +426,7 @@ async def test_transport_error_closes_with_reason_error(
 ) -> None:
     inner, _ = trio.testing.memory_stream_pair()
     stream = FailingStream(inner, exc)
-    conn = StreamConnection(stream, ConnectionConfig(), peer="bad-peer")
+    conn = build_connection(stream, ConnectionConfig(), peer="bad-peer")
     with caplog.at_level(logging.DEBUG, logger="trio_echo"), trio.fail_after(1):
         assert await conn.serve() == "error"
     assert conn.reason == "error"
@@ -469,9 +472,7 @@ async def test_drain_is_bounded_by_drain_timeout(autojump_clock: MockClock) -> N
 
 async def test_without_half_close_the_close_is_the_eof(autojump_clock: MockClock) -> None:
     server, client = trio.testing.memory_stream_pair()
-    conn = StreamConnection(
-        WholeCloseStream(server), ConnectionConfig(rounds=1, drain_timeout=2), peer="test"
-    )
+    conn = build_connection(WholeCloseStream(server), ConnectionConfig(rounds=1, drain_timeout=2))
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         await serve_in(nursery, conn)
@@ -483,24 +484,24 @@ async def test_without_half_close_the_close_is_the_eof(autojump_clock: MockClock
     assert conn.reason == "rounds"
 
 
-# ---------------------------------------------------------------- SocketConnection
+# ---------------------------------------------------------------- plain socket
 
 
-SocketFactory = Callable[..., tuple[SocketConnection, trio.SocketStream, socket.socket]]
+SocketFactory = Callable[..., tuple[Connection, trio.SocketStream, socket.socket]]
 
 
 @pytest.fixture
 def socket_connection() -> Iterator[SocketFactory]:
-    """Make (SocketConnection, client stream, server socket) over a socketpair;
+    """Make (Connection, client stream, server socket) over a socketpair;
     every socket is closed when the test ends."""
     sockets: list[socket.socket] = []
 
-    def make(**config: Any) -> tuple[SocketConnection, trio.SocketStream, socket.socket]:
+    def make(**config: Any) -> tuple[Connection, trio.SocketStream, socket.socket]:
         conf = ConnectionConfig(**config)
         a, b = socket.socketpair()
         sockets.extend((a, b))
         a.setblocking(False)
-        conn = SocketConnection(a, conf, peer="x", buffer=memoryview(bytearray(conf.max_message)))
+        conn = build_connection(a, conf, peer="x")
         return conn, trio.SocketStream(trio.socket.from_stdlib_socket(b)), a
 
     yield make
@@ -636,7 +637,7 @@ async def test_socket_peer_gone_before_the_echo_is_reset() -> None:
     with a, b:
         a.setblocking(False)
         config = ConnectionConfig()
-        conn = SocketConnection(a, config, peer="x", buffer=memoryview(bytearray(65536)))
+        conn = build_connection(a, config, peer="x")
         b.sendall(b"hello")
         b.close()
         # The server reads b"hello", then its echo goes to a socket nobody holds.
@@ -713,5 +714,5 @@ async def test_socket_connection_with_ready_data_yields_to_other_tasks(
         (None, "None"),
     ],
 )
-def test_format_peer(address: object, expected: str) -> None:
-    assert format_peer(address) == expected
+def test_format_address(address: object, expected: str) -> None:
+    assert format_address(address) == expected

@@ -15,25 +15,30 @@ import trio
 import trio.testing
 
 from trio_echo import ConnectionConfig
-from trio_echo._connection import IDLE_SLACK, SocketConnection, StreamConnection
+from trio_echo._connection import IDLE_SLACK, Connection
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, receive_exactly, receive_until_eof, wait_until
+from .conftest import Connect, build_connection, receive_exactly, receive_until_eof, wait_until
 
 IDLE = 5.0
 
 
-def socket_connection(**config: Any) -> tuple[SocketConnection, trio.SocketStream]:
-    """A SocketConnection on one end of a socket pair, and a client on the other."""
+def socket_connection(**config: Any) -> tuple[Connection, trio.SocketStream]:
+    """A plain-socket Connection on one end of a socket pair, and a client on the other."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     connection_config = ConnectionConfig(**config)
-    buffer = memoryview(bytearray(connection_config.max_message))
-    conn = SocketConnection(ours, connection_config, peer="pair", buffer=buffer)
+    conn = build_connection(ours, connection_config, peer="pair")
     return conn, trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
 
 
-async def timed_serve(conn: SocketConnection | StreamConnection) -> tuple[str, float]:
+def socket_of(conn: Connection) -> socket.socket:
+    sock = conn.transport.socket()
+    assert isinstance(sock, socket.socket)
+    return sock
+
+
+async def timed_serve(conn: Connection) -> tuple[str, float]:
     start = trio.current_time()
     with trio.fail_after(1000):
         reason = await conn.serve()
@@ -58,7 +63,7 @@ async def test_silent_stream_client_is_closed_idle(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     client, server_side = trio.testing.memory_stream_pair()
-    conn = StreamConnection(server_side, ConnectionConfig(idle_timeout=IDLE), peer="memory")
+    conn = build_connection(server_side, ConnectionConfig(idle_timeout=IDLE), peer="memory")
     reason, elapsed = await timed_serve(conn)
     assert reason == "idle"
     # Then the server half-closes and drains for drain_timeout (2 s) before closing.
@@ -70,7 +75,7 @@ async def test_client_that_stops_reading_is_closed_idle(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     conn, client = socket_connection(idle_timeout=IDLE, drain_timeout=0)
-    conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    socket_of(conn).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     payload = random.Random(3).randbytes(1 << 20)
     sent = 0
     last_progress = 0.0
@@ -101,7 +106,7 @@ async def test_stream_client_that_stops_reading_is_closed_idle(
     # Lockstep streams have no buffer at all: the echo blocks until the client reads.
     client, server_side = trio.testing.lockstep_stream_pair()
     config = ConnectionConfig(idle_timeout=IDLE, drain_timeout=0)
-    conn = StreamConnection(server_side, config, peer="lockstep")
+    conn = build_connection(server_side, config, peer="lockstep")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.send_all, b"never read back")
         reason, elapsed = await timed_serve(conn)
@@ -133,7 +138,7 @@ async def test_slowly_reading_client_is_served_normally(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     conn, client = socket_connection(idle_timeout=IDLE)
-    conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    socket_of(conn).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     payload = random.Random(4).randbytes(256 << 10)
     received = bytearray()
 
