@@ -15,7 +15,6 @@ import random
 import socket
 import struct
 from collections import Counter
-from collections.abc import Awaitable
 from functools import partial
 from typing import Final, NoReturn
 
@@ -25,7 +24,7 @@ import trio
 from ._config import Faults
 from ._protocol import Data
 from ._reasons import RESET_INJECTED, STALLED
-from ._transports import Ended, Owner, Transport
+from ._transports import Ended, Owner, Transport, Wrapper
 
 __all__ = ["FaultPlan", "FaultTransport", "describe", "fault_summary"]
 
@@ -105,7 +104,7 @@ def _pacing_slice(bandwidth: int | None) -> int | None:
     return max(1, int(bandwidth * PACING_SLICE))
 
 
-class FaultTransport:
+class FaultTransport(Wrapper):
     """A transport that applies a :class:`FaultPlan` to the echoes sent through
     *transport* (any transport: the plain socket, TLS, a memory stream).
 
@@ -129,29 +128,14 @@ class FaultTransport:
     def __init__(
         self, transport: Transport, faults: Faults, *, seed: int | None, events: Counter[str]
     ) -> None:
-        self._inner = transport
+        super().__init__(transport)
         self._faults = faults
         self._plan = FaultPlan(faults, seed=seed)
         # The server's counters (statistics); the connection keeps its own.
         self._server_events = events
         self._paced_until = -math.inf
-        self._owner: Owner | None = None
         #: Run before echoing: a count of 0 halts before the first echo.
         self.start = _HaltAtStart(self)
-
-    @property
-    def half_close_after_eof(self) -> bool:
-        return self._inner.half_close_after_eof
-
-    def bind(self, owner: Owner | None) -> None:
-        self._owner = owner
-        self._inner.bind(owner)
-
-    def try_receive(self) -> Data | None:
-        return self._inner.try_receive()
-
-    def wait_receivable(self) -> Awaitable[None]:
-        return self._inner.wait_receivable()
 
     def send_now(self, data: Data) -> int:
         # Nothing goes out without the faults: the loop then calls send_all.
@@ -177,18 +161,6 @@ class FaultTransport:
             # there, so count what went out now.
             self._owner_().echoed(allowed, whole=allowed == len(echo))
             await self.halt()
-
-    async def send_eof(self) -> None:
-        await self._inner.send_eof()
-
-    async def discard_until_eof(self) -> None:
-        await self._inner.discard_until_eof()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def socket(self) -> socket.socket | trio.socket.SocketType | None:
-        return self._inner.socket()
 
     async def halt(self) -> NoReturn:
         """Stall or reset, now that the count is reached.

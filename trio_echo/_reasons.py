@@ -9,22 +9,6 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = [
-    "ALL",
-    "CANCELLED",
-    "EOF",
-    "ERROR",
-    "IDLE",
-    "LINE_TOO_LONG",
-    "PROXY_ERROR",
-    "RESET",
-    "RESET_INJECTED",
-    "ROUNDS",
-    "SHUTDOWN",
-    "STALLED",
-    "TLS_ERROR",
-]
-
 # Decided by the protocol (sans-IO).
 ROUNDS: Final = "rounds"
 EOF: Final = "eof"

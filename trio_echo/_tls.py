@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import ssl
 from collections.abc import Iterator
 from typing import ClassVar, Final
@@ -37,7 +36,7 @@ import trio
 from ._config import TLSConfig
 from ._protocol import Data
 from ._reasons import TLS_ERROR
-from ._transports import Ended, Owner, Transport
+from ._transports import Ended, Owner, Transport, Wrapper
 
 __all__ = ["ServerTransport", "TLSHandshake", "TLSTransport", "server_context"]
 
@@ -167,7 +166,7 @@ class ServerTransport(trio.abc.Stream):
         await self.transport.send_eof()
 
 
-class TLSTransport:
+class TLSTransport(Wrapper):
     """TLS over *transport*: the plaintext side of a server-side :class:`trio.SSLStream`.
 
     Translates the stream's errors at this boundary: the client breaking the
@@ -179,18 +178,11 @@ class TLSTransport:
     #: The client's close_notify is answered, as for every other reason.
     half_close_after_eof: ClassVar[bool] = True
 
-    __slots__ = ("_inner", "_max_bytes", "_owner", "_received", "_ssl")
-
     def __init__(self, transport: Transport, context: ssl.SSLContext, *, max_bytes: int) -> None:
-        self._inner = transport
+        super().__init__(transport)
         self._ssl = trio.SSLStream(ServerTransport(transport), context, server_side=True)
         self._max_bytes = max_bytes
         self._received: Data | None = None
-        self._owner: Owner | None = None
-
-    def bind(self, owner: Owner | None) -> None:
-        self._owner = owner
-        self._inner.bind(owner)
 
     async def handshake(self) -> None:
         """Complete the handshake (unbounded: :class:`TLSHandshake` bounds it).
@@ -227,15 +219,8 @@ class TLSTransport:
         """``close_notify``, then the TCP half-close (through :class:`ServerTransport`)."""
         await self._ssl.aclose()
 
-    async def discard_until_eof(self) -> None:
-        # After close_notify, the client's bytes are discarded undecrypted.
-        await self._inner.discard_until_eof()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def socket(self) -> socket.socket | trio.socket.SocketType | None:
-        return self._inner.socket()
+    # discard_until_eof, close: the inner transport's (after close_notify the
+    # client's bytes are discarded undecrypted).
 
     def _translate(self, exc: trio.BrokenResourceError) -> BaseException:
         if not _is_protocol_error(exc):

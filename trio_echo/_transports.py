@@ -26,7 +26,7 @@ import trio
 
 from ._protocol import Data
 
-__all__ = ["Ended", "Owner", "SocketTransport", "StreamTransport", "Transport"]
+__all__ = ["Ended", "Owner", "SocketTransport", "StreamTransport", "Transport", "Wrapper"]
 
 # Reads allowed in a drain without a trip through the scheduler: a client
 # sending without pause must not keep the drain's deadline from being checked.
@@ -291,3 +291,44 @@ class StreamTransport:
             if stream is None:
                 return None
         return stream.socket
+
+
+class Wrapper:
+    """A transport that adds one concern over *inner*: everything it does not
+    override goes to *inner* unchanged (TLS, faults)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+        self._owner: Owner | None = None
+
+    @property
+    def half_close_after_eof(self) -> bool:
+        return self._inner.half_close_after_eof
+
+    def bind(self, owner: Owner | None) -> None:
+        self._owner = owner
+        self._inner.bind(owner)
+
+    def try_receive(self) -> Data | None:
+        return self._inner.try_receive()
+
+    def wait_receivable(self) -> Awaitable[None]:
+        return self._inner.wait_receivable()
+
+    def send_now(self, data: Data) -> int:
+        return self._inner.send_now(data)
+
+    async def send_all(self, data: Data) -> None:
+        await self._inner.send_all(data)
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def discard_until_eof(self) -> None:
+        await self._inner.discard_until_eof()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def socket(self) -> socket.socket | trio.socket.SocketType | None:
+        return self._inner.socket()
