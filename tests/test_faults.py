@@ -26,6 +26,7 @@ from trio_echo._faults import FaultPlan, FaultTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (
+    Certificates,
     Connect,
     build_connection,
     make_config,
@@ -33,8 +34,7 @@ from .conftest import (
     receive_until_eof,
     wait_until,
 )
-from .test_tls import Certificates, open_tls
-from .test_tls import certificates as certificates
+from .test_tls import open_tls
 
 README = Path(__file__).parent.parent / "README.md"
 

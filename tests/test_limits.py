@@ -227,6 +227,7 @@ async def test_other_accept_errors_propagate(nursery: trio.Nursery) -> None:
 # ---- 2. file descriptors: the CLI's RLIMIT_NOFILE, and EMFILE for real ----
 
 
+@pytest.mark.system
 def test_cli_raises_soft_fd_limit_to_what_max_connections_needs(
     echo_process: StartProcess,
 ) -> None:
@@ -238,6 +239,7 @@ def test_cli_raises_soft_fd_limit_to_what_max_connections_needs(
     assert server.stop() == 0
 
 
+@pytest.mark.system
 def test_cli_warns_when_hard_fd_limit_is_too_low(echo_process: StartProcess) -> None:
     server = echo_process("--max-connections", "500", nofile=(64, 100))
     limits = Path(f"/proc/{server.pid}/limits").read_text()
@@ -293,6 +295,7 @@ def wait_for_value(read: Callable[[], int], target: int, limit: float = 10.0) ->
         time.sleep(0.01)
 
 
+@pytest.mark.system
 def test_running_out_of_fds_neither_crashes_nor_spins(echo_process: StartProcess) -> None:
     fd_limit = 40
     server = echo_process("--max-connections", "200", nofile=(fd_limit, fd_limit))

@@ -8,49 +8,26 @@ import shutil
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
 import trustme
 
-from trio_echo import EchoServer, TLSConfig, serve
+from trio_echo import EchoServer, serve
 from trio_echo._tls import ServerTransport
 from trio_echo._transports import StreamTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import StartProcess, make_config, receive_exactly, receive_until_eof, wait_until
+from .conftest import (
+    Certificates,
+    StartProcess,
+    make_config,
+    receive_exactly,
+    receive_until_eof,
+    wait_until,
+)
 from .processes import TRIO_ECHO
-
-
-@attrs.frozen
-class Certificates:
-    ca: trustme.CA
-    certfile: Path
-    keyfile: Path
-    ca_file: Path
-
-    def tls(self, **changes: Any) -> TLSConfig:
-        return attrs.evolve(TLSConfig(certfile=self.certfile, keyfile=self.keyfile), **changes)
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    where = tmp_path_factory.mktemp("tls")
-    certfile, keyfile, ca_file = where / "cert.pem", where / "key.pem", where / "ca.pem"
-    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return Certificates(ca=ca, certfile=certfile, keyfile=keyfile, ca_file=ca_file)
 
 
 async def open_tls(
@@ -109,19 +86,6 @@ async def test_pipelining_far_beyond_rounds_over_tls_never_resets(
     await client.aclose()
     await wait_until(lambda: server.statistics().closed == 1)
     assert server.statistics().closed_by_reason == {"rounds": 1}
-
-
-async def test_idle_timeout_over_tls(
-    certificates: Certificates, echo_server_factory: EchoServerFactory
-) -> None:
-    server = await echo_server_factory(tls=certificates.tls(), idle_timeout=0.3)
-    client = await open_tls(server, certificates.client_context())
-    await client.send_all(b"one")
-    assert await receive_exactly(client, 3) == b"one"
-    assert await receive_until_eof(client) == b""
-    await client.aclose()
-    await wait_until(lambda: server.statistics().closed == 1)
-    assert server.statistics().closed_by_reason == {"idle": 1}
 
 
 async def test_graceful_shutdown_over_tls_echoes_partial_line_then_eof(
@@ -241,6 +205,7 @@ async def test_mismatched_key_raises_ssl_error(certificates: Certificates, tmp_p
         await serve(make_config(tls=certificates.tls(keyfile=other_key)))
 
 
+@pytest.mark.system
 def test_cli_bad_cert_path_is_one_line_exit_1(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     result = subprocess.run(
@@ -256,6 +221,7 @@ def test_cli_bad_cert_path_is_one_line_exit_1(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.system
 def test_cli_keyfile_without_certfile_is_a_usage_error() -> None:
     result = subprocess.run(
         [TRIO_ECHO, "--keyfile", "key.pem"], capture_output=True, text=True, timeout=30
@@ -267,6 +233,7 @@ def test_cli_keyfile_without_certfile_is_a_usage_error() -> None:
     )
 
 
+@pytest.mark.system
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
 def test_cli_over_tls_with_openssl_s_client(
     certificates: Certificates, echo_process: StartProcess
@@ -399,6 +366,7 @@ async def test_transport_close_half_closes_and_leaves_the_drain_to_the_connectio
     assert await server_side.receive_some() == b"late bytes"
 
 
+@pytest.mark.system
 def test_help_lists_the_tls_stats_and_log_options() -> None:
     result = subprocess.run([TRIO_ECHO, "--help"], capture_output=True, text=True, timeout=30)
     for option in (
@@ -412,6 +380,7 @@ def test_help_lists_the_tls_stats_and_log_options() -> None:
         assert option in result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("args", "option"),
     [
