@@ -11,18 +11,27 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
+import trio.testing
+import trustme
 
-from trio_echo import EchoServer, ListenerConfig, ServerConfig
+from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, TLSConfig
 from trio_echo._config import replace_fields
+from trio_echo._connection import Connection, Step
+from trio_echo._faults import FaultTransport
+from trio_echo._tls import TLSHandshake, TLSTransport, server_context
+from trio_echo._transports import SocketTransport, StreamTransport, Transport
 
 from .processes import TRIO_ECHO, LoggingProcess
 
@@ -258,3 +267,162 @@ def spawn() -> Iterator[Spawn]:
     yield start
     for process in started:
         process.kill()
+
+
+# ---- connections under test, without a server ----
+
+
+def build_connection(
+    base: trio.abc.Stream | socket.socket,
+    config: ConnectionConfig,
+    *,
+    peer: str = "test",
+    tls: ssl.SSLContext | None = None,
+    fault_events: Counter[str] | None = None,
+) -> Connection:
+    """A Connection composed as the server composes one: *base* (a stream, or a
+    non-blocking socket driven directly), TLS over it with *tls*, faults over
+    that when ``config.faults`` has one on (counted in *fault_events*)."""
+    transport: Transport
+    steps: list[Step] = []
+    if isinstance(base, socket.socket):
+        transport = SocketTransport(base, buffer=memoryview(bytearray(config.max_message)))
+    else:
+        transport = StreamTransport(base, max_bytes=config.max_message)
+    if tls is not None:
+        tls_transport = TLSTransport(transport, tls, max_bytes=config.max_message)
+        steps.append(TLSHandshake(tls_transport, 10.0))
+        transport = tls_transport
+    if config.faults.enabled:
+        faulty = FaultTransport(
+            transport,
+            config.faults,
+            seed=config.faults.seed,
+            events=Counter() if fault_events is None else fault_events,
+        )
+        steps.append(faulty.start)
+        transport = faulty
+    return Connection(transport, config, peer=peer, steps=tuple(steps))
+
+
+# ---- TLS certificates ----
+
+
+@attrs.frozen
+class Certificates:
+    ca: trustme.CA
+    certfile: Path
+    keyfile: Path
+    ca_file: Path
+
+    def tls(self, **changes: Any) -> TLSConfig:
+        return attrs.evolve(TLSConfig(certfile=self.certfile, keyfile=self.keyfile), **changes)
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    where = tmp_path_factory.mktemp("tls")
+    certfile, keyfile, ca_file = where / "cert.pem", where / "key.pem", where / "ca.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Certificates(ca=ca, certfile=certfile, keyfile=keyfile, ca_file=ca_file)
+
+
+# ---- one connection under test, parametrised over transports ----
+
+#: The transports every loop behaviour is tested over.
+TRANSPORTS = ("memory", "socket", "tls")
+#: Those whose client can half-close (TLS's EOF is close_notify, then no reading).
+HALF_CLOSEABLE = ("memory", "socket")
+
+
+async def serve_in(nursery: trio.Nursery, conn: Connection) -> trio.Event:
+    """Start conn.serve() in *nursery*; the event is set when it returns."""
+    done = trio.Event()
+
+    async def run() -> None:
+        try:
+            await conn.serve()
+        finally:
+            done.set()
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    return done
+
+
+@attrs.frozen
+class UnderTest:
+    """A connection (not started) and the client's end of its transport."""
+
+    conn: Connection
+    client: trio.abc.Stream
+    #: The server's socket, for the plain-socket transport.
+    server_socket: socket.socket | None = None
+
+    async def start(self, nursery: trio.Nursery) -> trio.Event:
+        """Serve in *nursery* (over TLS, once the handshake is done); the event
+        is set when serve() returns."""
+        done = await serve_in(nursery, self.conn)
+        if isinstance(self.client, trio.SSLStream):
+            await self.client.do_handshake()
+        return done
+
+    async def half_close(self) -> None:
+        """The client's EOF (only for the HALF_CLOSEABLE transports)."""
+        assert isinstance(self.client, trio.abc.HalfCloseableStream)
+        await self.client.send_eof()
+
+
+MakeConnection = Callable[..., UnderTest]
+
+
+@pytest.fixture
+def make_connection(certificates: Certificates) -> Iterator[MakeConnection]:
+    """``make_connection(kind, **connection_config)``: a connection over *kind*.
+
+    ``memory``: trio's memory streams (unbounded buffers); ``socket``: a plain
+    socket of a socketpair, driven directly as the server does; ``tls``: TLS
+    (handshake step included) over memory streams, the client a
+    :class:`trio.SSLStream`.  Sockets are closed when the test ends.
+    """
+    sockets: list[socket.socket] = []
+
+    def make(kind: str, **config: Any) -> UnderTest:
+        conf = ConnectionConfig(**config)
+        if kind == "socket":
+            ours, theirs = socket.socketpair()
+            sockets.extend((ours, theirs))
+            ours.setblocking(False)
+            client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+            return UnderTest(conn=build_connection(ours, conf), client=client, server_socket=ours)
+        server_side, client_side = trio.testing.memory_stream_pair()
+        if kind == "memory":
+            return UnderTest(conn=build_connection(server_side, conf), client=client_side)
+        assert kind == "tls", kind
+        context = server_context(certificates.tls())
+        conn = build_connection(server_side, conf, tls=context)
+        tls_client = trio.SSLStream(
+            client_side, certificates.client_context(), server_hostname="127.0.0.1"
+        )
+        return UnderTest(conn=conn, client=tls_client)
+
+    yield make
+    for sock in sockets:
+        sock.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here too so that this branch runs on its own; the project's
+    # pyproject.toml registers it for everyone.
+    config.addinivalue_line(
+        "markers", "system: runs trio-echo or a third-party program as a child process"
+    )

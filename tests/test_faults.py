@@ -21,12 +21,20 @@ import trio
 import trio.testing
 
 from trio_echo import ConnectionConfig, EchoServer, Faults, serve
-from trio_echo._faults import FaultPlan, FaultyStreamConnection
+from trio_echo._connection import Connection
+from trio_echo._faults import FaultPlan, FaultTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, make_config, receive_exactly, receive_until_eof, wait_until
-from .test_tls import Certificates, open_tls
-from .test_tls import certificates as certificates
+from .conftest import (
+    Certificates,
+    Connect,
+    build_connection,
+    make_config,
+    receive_exactly,
+    receive_until_eof,
+    wait_until,
+)
+from .test_tls import open_tls
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -213,15 +221,8 @@ class RecordingStream(trio.abc.HalfCloseableStream):
 
 def faulty_stream_connection(
     stream: trio.abc.Stream, events: Counter[str] | None = None, **faults: Any
-) -> FaultyStreamConnection:
-    config = ConnectionConfig(faults=Faults(**faults))
-    return FaultyStreamConnection(
-        stream,
-        config,
-        peer="test",
-        seed=config.faults.seed,
-        events=Counter() if events is None else events,
-    )
+) -> Connection:
+    return build_connection(stream, ConnectionConfig(faults=Faults(**faults)), fault_events=events)
 
 
 @pytest.mark.parametrize(
@@ -454,7 +455,7 @@ async def test_stall_and_reset_first_count_wins(
 
 
 async def test_reset_through_a_socket_stream(autojump_clock: trio.testing.MockClock) -> None:
-    # StreamConnection (TLS or any wrapped stream) finds the socket to reset.
+    # A stream transport (TLS or any wrapped stream) finds the socket to reset.
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     async with listeners[0]:
         port = listeners[0].socket.getsockname()[1]
@@ -588,14 +589,12 @@ async def test_factory_keywords_reach_the_faults(
 async def test_no_fault_layer_when_every_fault_is_off(
     echo_server_factory: EchoServerFactory, connect: Connect
 ) -> None:
-    from trio_echo._connection import SocketConnection
-
     server = await echo_server_factory(faults=Faults(seed=7))
     client = await connect(server)
     await client.send_all(b"x")
     await receive_exactly(client, 1)
     (conn,) = server._active
-    assert type(conn) is SocketConnection
+    assert not isinstance(conn.transport, FaultTransport)
     assert server.statistics().faults == {}
 
 

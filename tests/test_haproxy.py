@@ -94,6 +94,7 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
         process.wait(10)
 
 
+@pytest.mark.system
 def test_haproxy_send_proxy_v1_and_v2(
     spawn: Spawn, tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:

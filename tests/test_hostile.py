@@ -9,6 +9,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from trio_echo import EchoProtocol
@@ -91,6 +92,7 @@ def send_until_blocked(sock: socket.socket, limit: int, stall: float) -> int:
     return sent
 
 
+@pytest.mark.system
 def test_client_sending_100_mib_without_reading_grows_server_memory_little(
     echo_process: StartProcess,
 ) -> None:
@@ -158,6 +160,7 @@ class StreamingClient:
             await trio.sleep(0.02)
 
 
+@pytest.mark.system
 async def test_sigterm_under_load_gives_every_client_a_prefix_then_eof(
     echo_process: StartProcess,
     fd_headroom: Callable[[int], None],

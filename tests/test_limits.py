@@ -242,6 +242,7 @@ def wait_for_value(read: Callable[[], int], target: int, limit: float = 10.0) ->
         time.sleep(0.01)
 
 
+@pytest.mark.system
 def test_running_out_of_fds_neither_crashes_nor_spins(echo_process: StartProcess) -> None:
     fd_limit = 40
     server = echo_process("--max-connections", "200", nofile=(fd_limit, fd_limit))

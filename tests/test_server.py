@@ -278,22 +278,6 @@ async def test_bind_error_raises_oserror(echo_server_factory: EchoServerFactory)
         await echo_server_factory(port=server.port)
 
 
-async def test_idle_connection_is_half_closed_then_closed(
-    connect: Connect, echo_server_factory: EchoServerFactory
-) -> None:
-    server = await echo_server_factory(idle_timeout=0.3)
-    client = await connect(server)
-    await client.send_all(b"one")
-    assert await receive_exactly(client, 3) == b"one"
-    started = trio.current_time()
-    assert await receive_until_eof(client) == b""
-    # Within [idle_timeout, idle_timeout * 1.05] plus scheduling, not the default 300 s.
-    assert 0.25 < trio.current_time() - started < 3
-    await client.aclose()
-    await wait_until(lambda: server.statistics().closed == 1)
-    assert server.statistics().closed_by_reason == {"idle": 1}
-
-
 async def test_drain_of_a_flooding_client_is_bounded_and_fair(
     connect: Connect, echo_server_factory: EchoServerFactory
 ) -> None:

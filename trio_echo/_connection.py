@@ -1,40 +1,35 @@
-"""The per-connection trio loop around :class:`~trio_echo._protocol.EchoProtocol`.
+"""The one echo loop: a connection over a transport, from its first step to its clean close.
 
-One :class:`Connection` per accepted client.  The loop reads, lets the protocol
-decide what to echo, sends it, and repeats until the protocol says it is done;
-then it closes cleanly: half-close, discard the client's remaining input for a
-bounded time, close.  Every way a connection can end becomes a close *reason*
-here, at the connection boundary, so no error ever reaches the server's nursery.
+One :class:`Connection` per accepted client.  It runs the steps before echoing
+(a PROXY header, a TLS handshake), then the loop: read, let
+:class:`~trio_echo._protocol.EchoProtocol` decide what to echo, send it,
+repeat until the protocol says it is done; then it closes cleanly: half-close,
+discard the client's remaining input for a bounded time, close.  Every way a
+connection can end becomes a close *reason* (:mod:`trio_echo._reasons`) here,
+at the connection boundary, so no error ever reaches the server's nursery.
 
-Two transports share that loop: :class:`SocketConnection` drives a plain TCP
-socket directly (non-blocking ``recv_into`` into a buffer shared by the whole
-server, ``wait_readable`` only when the socket is empty), and
-:class:`StreamConnection` drives any :class:`trio.abc.Stream` (TLS, memory
-streams in tests).
+The bytes move through a :class:`~trio_echo._transports.Transport`; TLS and
+faults are transports wrapping another, so this loop never learns about them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import socket
-from collections.abc import Awaitable, Callable
-from typing import ClassVar, Final
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol
 
 import trio
 
 from ._config import ConnectionConfig
-from ._protocol import EOF, SHUTDOWN, Data, EchoProtocol
+from ._protocol import Data, EchoProtocol
+from ._reasons import CANCELLED, EOF, ERROR, IDLE, RESET, SHUTDOWN
+from ._transports import Ended, Owner, Transport
 
-__all__ = ["Connection", "SocketConnection", "StreamConnection"]
+__all__ = ["Connection", "Step"]
 
 LOGGER = logging.getLogger("trio_echo")
-
-# Close reasons decided here rather than by the protocol.
-IDLE: Final = "idle"
-RESET: Final = "reset"
-CANCELLED: Final = "cancelled"
-ERROR: Final = "error"
 
 _NOTHING: Final = b""
 
@@ -47,24 +42,43 @@ MAX_UNYIELDED: Final = 32
 # timeout then fires between idle_timeout and idle_timeout * (1 + IDLE_SLACK).
 IDLE_SLACK: Final = 0.05
 
+# No steps before echoing: one shared empty tuple, nothing per connection.
+_NO_STEPS: Final[tuple[Step, ...]] = ()
+
+
+class Step(Protocol):
+    """One step before the echo loop (a PROXY header, a TLS handshake).
+
+    :meth:`Connection.serve` runs the steps in order, each in a cancel scope
+    with its :attr:`timeout` that :meth:`Connection.stop` cancels (close
+    reason ``shutdown``).  A step ends the connection by raising
+    :exc:`~trio_echo._transports.Ended`; errors are handled as in the loop.
+    """
+
+    #: Seconds the step may take (``math.inf``: unbounded).
+    timeout: float
+
+    async def run(self, owner: Owner) -> None:
+        """Do the step; raise :exc:`~trio_echo._transports.Ended` to end the connection."""
+
+    def timed_out(self, owner: Owner) -> Ended:
+        """Log that the step did not finish in time; the exception that ends the connection."""
+
 
 class Connection:
-    """One client connection: the echo loop and its clean close.
+    """One client connection: its steps, the echo loop and its clean close.
 
     Use :meth:`serve` once; it returns the close reason and never raises
-    anything but :exc:`trio.Cancelled` (after closing the transport).
+    anything but :exc:`trio.Cancelled` (after closing the transport).  It is
+    the transport's :class:`~trio_echo._transports.Owner`.
 
     Cancellation:
       :meth:`stop` asks for a graceful stop: a connection waiting for input
-      stops waiting at once, one busy echoing finishes the echo in progress;
-      either way every byte already read is echoed, then the connection
-      half-closes and closes. Cancelling the task running :meth:`serve`
-      closes the transport at once.
+      (or in a step before echoing) stops waiting at once, one busy echoing
+      finishes the echo in progress; either way every byte already read is
+      echoed, then the connection half-closes and closes. Cancelling the task
+      running :meth:`serve` closes the transport at once.
     """
-
-    #: Whether the server's side of the close handshake is still owed after
-    #: the client's EOF (TLS answers the client's close_notify).
-    HALF_CLOSE_AFTER_EOF: ClassVar[bool] = False
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
     __slots__ = (
@@ -76,12 +90,14 @@ class Connection:
         "_protocol",
         "_receiving",
         "_scope",
+        "_steps",
         "_stopping",
+        "_transport",
         "_unsent",
         "_unyielded",
         "bytes_in",
         "bytes_out",
-        "initial",
+        "fault_events",
         "peer",
         "reason",
         "rounds",
@@ -90,9 +106,11 @@ class Connection:
 
     def __init__(
         self,
+        transport: Transport,
         config: ConnectionConfig,
         *,
         peer: str,
+        steps: Sequence[Step] = _NO_STEPS,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self.peer = peer
@@ -101,9 +119,10 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason: str | None = None
-        #: Bytes the server read from the peer before the echo loop (those after a
-        #: PROXY header): the connection's first input, as if just received.
-        self.initial: Data = b""
+        #: Injected fault events of this connection, ``None`` until the first one.
+        self.fault_events: Counter[str] | None = None
+        self._transport = transport
+        self._steps = steps
         self._config = config
         self._protocol = EchoProtocol(
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
@@ -117,44 +136,12 @@ class Connection:
         self._unsent: Data = b""
         self._on_close = on_close
         self._clock = trio.lowlevel.current_clock()
+        transport.bind(self)
 
-    # ---- transport hooks, implemented by subclasses ----
-    #
-    # Receiving is split into a synchronous attempt and a wait, and sending into
-    # a synchronous attempt and a blocking remainder, so that a plain socket
-    # needs no coroutine of its own per operation: less work per round, and one
-    # suspended frame fewer for every idle connection.
-
-    def _try_receive(self) -> Data | None:
-        """The next chunk if it can be had without blocking, ``b""`` at EOF, else ``None``."""
-        raise NotImplementedError
-
-    def _wait_receivable(self) -> Awaitable[None]:
-        """Block until :meth:`_try_receive` may have something.
-
-        A plain method returning the awaitable, so that a socket can hand back
-        ``trio.lowlevel.wait_readable`` itself: no wrapper frame while idle.
-        """
-        raise NotImplementedError
-
-    def _send_now(self, data: Data) -> int:
-        """Send what can be sent without blocking; return how many bytes that was."""
-        raise NotImplementedError
-
-    async def _send_all(self, data: Data) -> None:
-        """Send all of *data*, blocking as needed (after :meth:`_send_now` fell short)."""
-        raise NotImplementedError
-
-    async def _send_eof(self) -> None:
-        raise NotImplementedError
-
-    async def _discard_until_eof(self) -> None:
-        raise NotImplementedError
-
-    async def _close(self) -> None:
-        raise NotImplementedError
-
-    # ---- the loop ----
+    @property
+    def transport(self) -> Transport:
+        """The transport the connection runs over (the outermost wrapper)."""
+        return self._transport
 
     def stop(self) -> None:
         """Ask for a graceful stop (see the class docstring)."""
@@ -163,18 +150,17 @@ class Connection:
             self._scope.cancel()
 
     async def serve(self) -> str:
-        """Echo until done, close, and return the close reason.
+        """Run the steps, echo until done, close, and return the close reason.
 
         The echo loop is written out here rather than in methods of its own:
         every coroutine level costs each waiting connection a suspended frame,
         and a server may hold tens of thousands of them.
         """
         reason = ERROR
+        transport = self._transport
         try:
-            early = await self._start()
-            if early is not None:
-                reason = early
-                return reason
+            if self._steps:
+                await self._run_steps()
             protocol = self._protocol
             if self._idle is not None:
                 # With the slack from the start, the deadline need not move
@@ -184,14 +170,14 @@ class Connection:
                 )
             with self._scope:
                 while True:
-                    data = self._try_initial() if self.initial else self._try_receive()
+                    data = transport.try_receive()
                     if data is None:
                         if self._stopping:
                             break
                         self._arm_idle()
                         self._receiving = True
                         try:
-                            await self._wait_receivable()
+                            await transport.wait_receivable()
                         finally:
                             self._receiving = False
                         self._unyielded = 0
@@ -203,9 +189,13 @@ class Connection:
                         self._unsent = bytes(out)
                         break
                     if out:
-                        sent = self._send_now(out)
+                        # As _send(), written out: no coroutine per round.
+                        sent = transport.send_now(out)
                         if sent != len(out):
-                            await self._send_all(memoryview(out)[sent:])
+                            # The receive that led here was progress too.
+                            self._arm_idle()
+                            await transport.send_all(memoryview(out)[sent:])
+                            self._unyielded = 0
                         self.bytes_out += len(out)
                         self.rounds = protocol.rounds
                     if protocol.reason is not None:
@@ -223,8 +213,13 @@ class Connection:
         except trio.Cancelled:
             reason = SHUTDOWN if self._stopping else CANCELLED
             raise
+        except Ended as ended:
+            reason = ended.reason
+            if ended.drain:
+                await self._close_cleanly()
         except (trio.BrokenResourceError, ConnectionError) as exc:
-            reason = self._broken(exc)
+            LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
+            reason = RESET
         except OSError as exc:
             LOGGER.warning("%s: closing after a socket error: %s", self.peer, exc)
         except Exception:
@@ -232,23 +227,29 @@ class Connection:
         finally:
             self.reason = reason
             with trio.CancelScope(shield=True):
-                await self._close()
+                await transport.close()
+            transport.bind(None)
             if self._on_close is not None:
                 self._on_close(self)
         return reason
 
-    async def _start(self) -> str | None:
-        """Anything to do before echoing (a TLS handshake); a close reason ends
-        the connection there."""
-        return None
-
-    def _try_initial(self) -> Data:
-        """The next chunk of :attr:`initial` (not empty) as if received: at most
-        max_message bytes, the most one receive returns."""
-        initial = self.initial
-        step = self._config.max_message
-        self.initial = initial[step:]
-        return initial[:step]
+    async def _run_steps(self) -> None:
+        """Each step before echoing, in a scope of its own that stop() cancels."""
+        for step in self._steps:
+            scope = self._scope = trio.CancelScope(
+                deadline=self._clock.current_time() + step.timeout
+            )
+            if self._stopping:
+                scope.cancel()
+            self._receiving = True
+            try:
+                with scope:
+                    await step.run(self)
+            finally:
+                self._receiving = False
+            if scope.cancelled_caught:
+                raise Ended(SHUTDOWN) if self._stopping else step.timed_out(self)
+        self._scope = trio.CancelScope()
 
     def _take(self, data: Data) -> Data:
         """Feed one chunk (``b""``: EOF) to the protocol; return what to echo."""
@@ -256,6 +257,18 @@ class Connection:
             self.bytes_in += len(data)
             return self._protocol.receive_data(data)
         return self._protocol.receive_eof()
+
+    async def _send(self, out: Data) -> None:
+        """Echo *out* (maybe empty) and count it."""
+        if out:
+            sent = self._transport.send_now(out)
+            if sent != len(out):
+                # The receive that led here was progress too, however long it waited.
+                self._arm_idle()
+                await self._transport.send_all(memoryview(out)[sent:])
+                self._unyielded = 0
+            self.bytes_out += len(out)
+        self.rounds = self._protocol.rounds
 
     async def _finish(self) -> str:
         """After the echo loop: echo what a stop left over, decide the reason, close."""
@@ -272,17 +285,12 @@ class Connection:
         else:
             reason = protocol.reason
             assert reason is not None
-        if reason != EOF or self.HALF_CLOSE_AFTER_EOF:
-            await self._half_close_and_drain()
+        if reason != EOF or self._transport.half_close_after_eof:
+            await self._close_cleanly()
         return reason
 
-    def _broken(self, exc: trio.BrokenResourceError | ConnectionError) -> str:
-        """The close reason for a transport that broke under the echo loop."""
-        LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
-        return RESET
-
-    async def _half_close_and_drain(self) -> None:
-        """Send EOF, then read and discard until the client's EOF, for a bounded time.
+    async def _close_cleanly(self) -> None:
+        """Send EOF, then read and discard until the client's EOF, within drain_timeout.
 
         Closing a socket with unread input makes the kernel send a reset, which
         can destroy echoes still waiting in the client's receive buffer; draining
@@ -290,19 +298,53 @@ class Connection:
         is already decided: a client resetting now changes nothing.
         """
         try:
-            await self._send_eof()
             with trio.move_on_after(self._config.drain_timeout):
-                await self._discard_until_eof()
+                await self._transport.send_eof()
+                await self._transport.discard_until_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             LOGGER.debug("%s: while closing: %s", self.peer, exc or type(exc).__name__)
 
-    async def _send(self, out: Data) -> None:
-        if out:
-            sent = self._send_now(out)
-            if sent != len(out):
-                await self._send_all(memoryview(out)[sent:])
-            self.bytes_out += len(out)
-        self.rounds = self._protocol.rounds
+    # ---- the Owner interface, for the transports and the steps ----
+
+    def progress(self) -> None:
+        """See :meth:`trio_echo._transports.Owner.progress`."""
+        self._arm_idle()
+
+    def defer_idle(self, until: float) -> None:
+        """See :meth:`trio_echo._transports.Owner.defer_idle`."""
+        idle = self._idle
+        if idle is not None and until + idle > self._deadline:
+            self._move_idle_deadline(until + idle)
+
+    async def wait_as_idle(self, wait_for: Callable[[], Awaitable[None]]) -> None:
+        """See :meth:`trio_echo._transports.Owner.wait_as_idle`."""
+        idle = self._idle
+        deadline = self._clock.current_time() + idle if idle is not None else math.inf
+        # The loop's idle scope must not end this wait as "idle": a scope of its
+        # own times it, and stop() cancels it at once, as a waiting receive.
+        self._move_idle_deadline(math.inf)
+        scope = self._scope = trio.CancelScope(deadline=deadline)
+        self._deadline = deadline
+        if self._stopping:
+            return
+        self._receiving = True
+        try:
+            with scope:
+                await wait_for()
+        finally:
+            self._receiving = False
+
+    def echoed(self, nbytes: int, *, whole: bool) -> None:
+        """See :meth:`trio_echo._transports.Owner.echoed`."""
+        self.bytes_out += nbytes
+        if whole:
+            self.rounds = self._protocol.rounds
+
+    def report_fault(self, event: str) -> None:
+        """See :meth:`trio_echo._transports.Owner.report_fault`."""
+        if self.fault_events is None:
+            self.fault_events = Counter()
+        self.fault_events[event] += 1
 
     def _arm_idle(self) -> None:
         """Keep the idle deadline at least idle_timeout away: called on progress,
@@ -318,160 +360,3 @@ class Connection:
         # property call, and _arm_idle runs before every wait.
         self._deadline = deadline
         self._scope.deadline = deadline
-
-
-class SocketConnection(Connection):
-    """A connection on a plain, non-blocking TCP socket, driven directly.
-
-    Reads go into *buffer*, which the server shares among all its
-    connections: trio runs one task at a time, and an echo that cannot be
-    sent at once is copied out before this task blocks, so no other
-    connection can overwrite it.  An idle connection therefore holds no
-    receive buffer at all.
-    """
-
-    __slots__ = ("_buffer", "_maybe_ready", "_sock", "_yield_first")
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        config: ConnectionConfig,
-        *,
-        peer: str,
-        buffer: memoryview,
-        on_close: Callable[[Connection], None] | None = None,
-    ) -> None:
-        super().__init__(config, peer=peer, on_close=on_close)
-        self._sock = sock
-        self._buffer = buffer
-        # A new client has often sent its first message already.
-        self._maybe_ready = True
-        self._yield_first = False
-
-    def _try_receive(self) -> Data | None:
-        # Right after a short read (the request/response case) the client has
-        # not answered yet: rather than fail a recv() now, let the other
-        # connections run first (a plain checkpoint) and read afterwards.  On a
-        # busy server the answer is there by then, so the read needs no
-        # wait_readable -- no epoll_ctl() and no I/O wake-up per round.  Only if
-        # it is still not there does the connection wait for readability.
-        if not self._maybe_ready:
-            self._maybe_ready = True
-            self._yield_first = True
-            return None
-        self._yield_first = False
-        try:
-            n = self._sock.recv_into(self._buffer)
-        except BlockingIOError:
-            return None
-        # A full buffer means more may be waiting: read again at once.
-        self._maybe_ready = n == len(self._buffer)
-        return self._buffer[:n]
-
-    def _wait_receivable(self) -> Awaitable[None]:
-        if self._yield_first:
-            return trio.lowlevel.checkpoint()  # noqa: ASYNC105 -- awaited by the caller
-        return trio.lowlevel.wait_readable(self._sock)  # noqa: ASYNC105 -- likewise
-
-    def _send_now(self, data: Data) -> int:
-        try:
-            return self._sock.send(data)
-        except BlockingIOError:
-            return 0
-
-    async def _send_all(self, data: Data) -> None:
-        sock = self._sock
-        # Copy out of the shared buffer before blocking (see the class docstring).
-        rest = memoryview(bytes(data))
-        # The receive that led here was progress too, however long it waited.
-        self._arm_idle()
-        while rest:
-            await trio.lowlevel.wait_writable(sock)
-            try:
-                sent = sock.send(rest)
-            except BlockingIOError:
-                continue
-            rest = rest[sent:]
-            self._arm_idle()
-        self._unyielded = 0
-
-    async def _send_eof(self) -> None:
-        await trio.lowlevel.checkpoint()
-        self._sock.shutdown(socket.SHUT_WR)
-
-    async def _discard_until_eof(self) -> None:
-        sock = self._sock
-        buffer = self._buffer
-        reads = 0
-        while True:
-            try:
-                if not sock.recv_into(buffer):
-                    return
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-            else:
-                reads += 1
-                if reads % MAX_UNYIELDED == 0:
-                    # A client sending without pause must not keep the drain's
-                    # deadline from being checked, nor starve other connections.
-                    await trio.lowlevel.checkpoint()
-
-    async def _close(self) -> None:
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-
-class StreamConnection(Connection):
-    """A connection on any :class:`trio.abc.Stream` (TLS, memory streams, ...).
-
-    Half-closing uses :meth:`~trio.abc.HalfCloseableStream.send_eof` where the
-    stream has it; otherwise the server's side of the close is the close itself.
-    """
-
-    __slots__ = ("_received", "_stream")
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        config: ConnectionConfig,
-        *,
-        peer: str,
-        on_close: Callable[[Connection], None] | None = None,
-    ) -> None:
-        super().__init__(config, peer=peer, on_close=on_close)
-        self._stream = stream
-        self._received: Data | None = None
-
-    def _try_receive(self) -> Data | None:
-        data, self._received = self._received, None
-        return data
-
-    async def _wait_receivable(self) -> None:
-        self._received = await self._stream.receive_some(self._config.max_message)
-
-    def _send_now(self, data: Data) -> int:
-        return 0
-
-    async def _send_all(self, data: Data) -> None:
-        self._arm_idle()
-        await self._stream.send_all(data)
-
-    async def _send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-
-    async def _discard_until_eof(self) -> None:
-        while await self._stream.receive_some(self._config.max_message):
-            pass
-
-    async def _close(self) -> None:
-        await trio.aclose_forcefully(self._stream)
-
-
-def format_peer(address: object) -> str:
-    """``host:port`` for IPv4, ``[host]:port`` for IPv6, ``str()`` otherwise."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)

@@ -1,12 +1,9 @@
-"""Faults injected on purpose: a connection layer used only when one is on.
+"""Faults injected on purpose: a sans-IO plan and one wrapper transport that applies it.
 
 :class:`FaultPlan` decides, without I/O, what each echo suffers: the delay
 before it, the size of its pieces, and how many of its bytes may go out before
-the connection halts.  :class:`FaultInjector` carries that out on the send
-side of a connection (``_send_now`` sends nothing, so every echo goes through
-its ``_send_all``) and ends a halted connection; the server builds a
-:class:`FaultySocketConnection`, :class:`FaultyStreamConnection` or
-:class:`FaultyTLSConnection` instead of the plain classes when
+the connection halts.  :class:`FaultTransport` carries that out over any
+transport.  The server wraps a connection's transport in it only when
 :attr:`Faults.enabled`, so with every fault off the echo loop runs exactly as
 it would without this module.
 """
@@ -16,34 +13,20 @@ from __future__ import annotations
 import math
 import random
 import socket
-import ssl
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final, NoReturn
 
 import attrs
 import trio
 
-from ._config import ConnectionConfig, Faults
-from ._connection import Connection, SocketConnection, StreamConnection
+from ._config import Faults
 from ._protocol import Data
-from ._tls import TLSConnection
+from ._reasons import RESET_INJECTED, STALLED
+from ._transports import Ended, Owner, Transport, Wrapper
 
-__all__ = [
-    "RESET_INJECTED",
-    "STALLED",
-    "FaultInjector",
-    "FaultPlan",
-    "FaultySocketConnection",
-    "FaultyStreamConnection",
-    "FaultyTLSConnection",
-    "describe",
-]
-
-#: Close reasons of connections ended by a fault.
-STALLED: Final = "stalled"
-RESET_INJECTED: Final = "reset-injected"
+__all__ = ["FaultPlan", "FaultTransport", "describe", "fault_summary"]
 
 # Keys of the fault event counters (statistics and the per-connection log line).
 LATENCY: Final = "latency"  # echoes delayed
@@ -121,21 +104,14 @@ def _pacing_slice(bandwidth: int | None) -> int | None:
     return max(1, int(bandwidth * PACING_SLICE))
 
 
-class _Halted(ConnectionError):
-    """Ends a connection halted by a fault.  A :exc:`ConnectionError`, so that
-    :meth:`Connection.serve` hands it to :meth:`FaultInjector._broken`, which
-    turns it into its close reason; the transport is then closed as usual."""
+class FaultTransport(Wrapper):
+    """A transport that applies a :class:`FaultPlan` to the echoes sent through
+    *transport* (any transport: the plain socket, TLS, a memory stream).
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class FaultInjector(Connection):
-    """The send side of a connection, with faults.  A mixin: put it before
-    :class:`SocketConnection` or :class:`StreamConnection` in the bases, and
-    call :meth:`_init_faults` from ``__init__``.  It has a ``__dict__``
-    (the connection classes use slots): faulty connections are few.
+    It talks to its connection only through the
+    :class:`~trio_echo._transports.Owner` interface.  ``send_now`` sends
+    nothing, so every echo goes through :meth:`send_all`; receiving is left
+    to *transport*.
 
     Latency and pacing delays happen while the connection is busy echoing, so
     a graceful stop lets them finish (within the server's grace), and the idle
@@ -143,70 +119,81 @@ class FaultInjector(Connection):
     waits like an idle connection: a stop ends it at once, the idle timeout
     ends it with a clean close.  A reset first waits until the kernel has
     transmitted every byte written, so the client reads exactly the bytes
-    before the count, then the reset.
+    before the count, then the reset; without a socket underneath (memory
+    streams) the connection is just closed at once.  Either way the halt
+    raises :exc:`~trio_echo._transports.Ended` with ``stalled`` or
+    ``reset-injected``.
     """
 
-    def _init_faults(self, faults: Faults, *, seed: int | None, events: Counter[str]) -> None:
+    def __init__(
+        self, transport: Transport, faults: Faults, *, seed: int | None, events: Counter[str]
+    ) -> None:
+        super().__init__(transport)
         self._faults = faults
         self._plan = FaultPlan(faults, seed=seed)
-        # Per connection (for the log line) and per server (for the statistics).
-        self.fault_events: Counter[str] = Counter()
+        # The server's counters (statistics); the connection keeps its own.
         self._server_events = events
-        self._paced_until = -float("inf")
+        self._paced_until = -math.inf
+        #: Run before echoing: a count of 0 halts before the first echo.
+        self.start = _HaltAtStart(self)
 
-    def _count(self, event: str) -> None:
-        self.fault_events[event] += 1
-        self._server_events[event] += 1
-
-    # ---- transport hooks, implemented by the transport-specific classes ----
-
-    async def _wait_transmitted(self) -> None:
-        """Wait until the kernel has transmitted what was written (best effort)."""
-        raise NotImplementedError
-
-    def _abort(self) -> None:
-        """Make the coming close send a TCP reset rather than a FIN."""
-        raise NotImplementedError
-
-    # ---- the send side ----
-
-    def _send_now(self, data: Data) -> int:
-        # Nothing goes out without the faults: the loop then calls _send_all.
+    def send_now(self, data: Data) -> int:
+        # Nothing goes out without the faults: the loop then calls send_all.
         return 0
 
-    async def _send_all(self, data: Data) -> None:
+    async def send_all(self, data: Data) -> None:
         plan = self._plan
-        # Every fault may block, and SocketConnection's receive buffer is shared
+        # Every fault may block, and the plain socket's receive buffer is shared
         # by the whole server: copy the echo out before anything else runs.
         echo = memoryview(bytes(data))
         delay = plan.delay()
         if delay:
             self._count(LATENCY)
-            await self._sleep(delay)
+            await self._sleep_until(trio.current_time() + delay)
         allowed = plan.allow(len(echo))
         if self._faults.fragment is None and self._faults.bandwidth is None:
             if allowed:
-                await super()._send_all(echo[:allowed])
+                await self._inner.send_all(echo[:allowed])
         else:
             await self._send_pieces(echo[:allowed])
         if plan.halted:
             # The loop counts an echo once it is sent; the halt never returns
-            # there, so count what went out here.
-            self.bytes_out += allowed
-            if allowed == len(echo):
-                self.rounds = self._protocol.rounds
-            await self._halt()
+            # there, so count what went out now.
+            self._owner_().echoed(allowed, whole=allowed == len(echo))
+            await self.halt()
+
+    async def halt(self) -> NoReturn:
+        """Stall or reset, now that the count is reached.
+
+        Raises:
+          Ended: always, with ``stalled`` (close cleanly) or ``reset-injected``.
+        """
+        reason = self._plan.halt_reason
+        assert reason is not None
+        owner = self._owner_()
+        if reason == STALLED:
+            self._count(STALL)
+            await owner.wait_as_idle(trio.sleep_forever)
+            raise Ended(reason, drain=True)
+        self._count(RESET)
+        sock = self.socket()
+        if sock is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await owner.wait_as_idle(partial(_wait_transmitted, sock))
+            _linger_zero(sock)
+        raise Ended(reason)
 
     async def _send_pieces(self, echo: memoryview) -> None:
         piece_size = self._plan.piece_size
         assert piece_size is not None
         fragment_delay = self._faults.fragment_delay
         bandwidth = self._faults.bandwidth
-        send = super()._send_all
+        send = self._inner.send_all
         for start in range(0, len(echo), piece_size):
             piece = echo[start : start + piece_size]
             if start and fragment_delay:
-                await self._sleep(fragment_delay)
+                await self._sleep_until(trio.current_time() + fragment_delay)
             if bandwidth is not None:
                 # Never faster than the rate; an idle spell earns no burst.
                 now = trio.current_time()
@@ -219,164 +206,35 @@ class FaultInjector(Connection):
                 self._count(FRAGMENT)
             await send(piece)
 
-    async def _sleep(self, seconds: float) -> None:
-        await self._sleep_until(trio.current_time() + seconds)
-
     async def _sleep_until(self, deadline: float) -> None:
-        # An injected delay is the server's doing, not the client's idleness:
-        # the idle timeout counts from its end.
-        idle = self._config.idle_timeout
-        if idle is not None and deadline + idle > self._deadline:
-            self._move_idle_deadline(deadline + idle)
+        # An injected delay is the server's doing, not the client's idleness.
+        self._owner_().defer_idle(deadline)
         await trio.sleep_until(deadline)
 
-    # ---- the halt ----
+    def _count(self, event: str) -> None:
+        self._owner_().report_fault(event)
+        self._server_events[event] += 1
 
-    async def _start(self) -> str | None:
-        early = await super()._start()  # the TLS handshake, if any
-        if early is not None or not self._plan.halted:
-            return early
-        # A count of 0: halt before the first echo.
-        try:
-            await self._halt()
-        except _Halted as halted:
-            return halted.reason
-
-    async def _halt(self) -> NoReturn:
-        """Stall or reset, now that the count is reached; raise :exc:`_Halted`."""
-        reason = self._plan.halt_reason
-        assert reason is not None
-        if reason == STALLED:
-            self._count(STALL)
-            await self._wait_while_halted(trio.sleep_forever)
-            await self._half_close_and_drain()
-        else:
-            self._count(RESET)
-            await self._wait_while_halted(self._wait_transmitted)
-            self._abort()
-        raise _Halted(reason)
-
-    async def _wait_while_halted(self, wait_for: Callable[[], Awaitable[None]]) -> None:
-        """Run *wait_for* until done, the idle timeout, or a stop, whichever is first."""
-        idle = self._config.idle_timeout
-        deadline = trio.current_time() + idle if idle is not None else math.inf
-        # The echo loop's idle scope must not end the halt as "idle": a scope of
-        # its own times it, and stop() cancels it at once, as a waiting receive.
-        self._move_idle_deadline(math.inf)
-        self._scope = trio.CancelScope(deadline=deadline)
-        self._deadline = deadline
-        if self._stopping:
-            return
-        self._receiving = True
-        try:
-            with self._scope:
-                await wait_for()
-        finally:
-            self._receiving = False
-
-    def _broken(self, exc: trio.BrokenResourceError | ConnectionError) -> str:
-        if isinstance(exc, _Halted):
-            return exc.reason
-        return super()._broken(exc)
+    def _owner_(self) -> Owner:
+        assert self._owner is not None, "used before Connection bound it"
+        return self._owner
 
 
-class FaultySocketConnection(FaultInjector, SocketConnection):
-    """A :class:`SocketConnection` with faults."""
+class _HaltAtStart:
+    """The step before echoing that halts at once when a count is 0 (after TLS)."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        config: ConnectionConfig,
-        *,
-        peer: str,
-        buffer: memoryview,
-        on_close: Callable[[Connection], None] | None = None,
-        seed: int | None,
-        events: Counter[str],
-    ) -> None:
-        super().__init__(sock, config, peer=peer, buffer=buffer, on_close=on_close)
-        self._init_faults(config.faults, seed=seed, events=events)
+    timeout = math.inf
 
-    async def _wait_transmitted(self) -> None:
-        await _wait_transmitted(self._sock)
+    def __init__(self, transport: FaultTransport) -> None:
+        self._transport = transport
 
-    def _abort(self) -> None:
-        _linger_zero(self._sock)
+    async def run(self, owner: Owner) -> None:
+        if self._transport._plan.halted:
+            await self._transport.halt()
+        await trio.lowlevel.checkpoint()
 
-
-class FaultyStreamConnection(FaultInjector, StreamConnection):
-    """A :class:`StreamConnection` with faults.  A reset needs a socket under
-    the stream (found through ``transport_stream``); without one, as over
-    memory streams, the connection is just closed at once."""
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        config: ConnectionConfig,
-        *,
-        peer: str,
-        on_close: Callable[[Connection], None] | None = None,
-        seed: int | None,
-        events: Counter[str],
-    ) -> None:
-        super().__init__(stream, config, peer=peer, on_close=on_close)
-        self._init_faults(config.faults, seed=seed, events=events)
-
-    async def _wait_transmitted(self) -> None:
-        sock = _socket_under(self._stream)
-        if sock is None:
-            await trio.lowlevel.checkpoint()
-        else:
-            await _wait_transmitted(sock)
-
-    def _abort(self) -> None:
-        sock = _socket_under(self._stream)
-        if sock is not None:
-            _linger_zero(sock)
-
-
-class FaultyTLSConnection(FaultInjector, TLSConnection):
-    """A :class:`TLSConnection` with faults, acting on the plaintext echo.
-    Counts of ``0`` act right after the handshake."""
-
-    def __init__(
-        self,
-        stream: trio.SocketStream,
-        context: ssl.SSLContext,
-        config: ConnectionConfig,
-        *,
-        peer: str,
-        handshake_timeout: float,
-        on_close: Callable[[Connection], None] | None = None,
-        received: bytes = b"",
-        seed: int | None,
-        events: Counter[str],
-    ) -> None:
-        super().__init__(
-            stream,
-            context,
-            config,
-            peer=peer,
-            handshake_timeout=handshake_timeout,
-            on_close=on_close,
-            received=received,
-        )
-        self._raw_socket = stream.socket
-        self._init_faults(config.faults, seed=seed, events=events)
-
-    async def _wait_transmitted(self) -> None:
-        await _wait_transmitted(self._raw_socket)
-
-    def _abort(self) -> None:
-        _linger_zero(self._raw_socket)
-
-
-def _socket_under(stream: object) -> trio.socket.SocketType | None:
-    while not isinstance(stream, trio.SocketStream):
-        stream = getattr(stream, "transport_stream", None)
-        if stream is None:
-            return None
-    return stream.socket
+    def timed_out(self, owner: Owner) -> Ended:  # pragma: no cover - no timeout
+        raise AssertionError("an unbounded step cannot time out")
 
 
 async def _wait_transmitted(sock: socket.socket | trio.socket.SocketType) -> None:
@@ -408,3 +266,10 @@ def describe(faults: Faults, *, seed: int | None) -> str:
     if faults.jitter:
         parts.append(f"seed={seed}")
     return " ".join(parts)
+
+
+def fault_summary(events: Counter[str] | None) -> str:
+    """``latency:3,fragment:120`` for a connection's fault events, ``none`` for none."""
+    if not events:
+        return "none"
+    return ",".join(f"{name}:{count}" for name, count in sorted(events.items()))

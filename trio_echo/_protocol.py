@@ -10,14 +10,10 @@ from __future__ import annotations
 
 from typing import Final, cast
 
+from ._reasons import EOF, LINE_TOO_LONG, ROUNDS, SHUTDOWN
+
 __all__ = ["EchoProtocol"]
 
-#: Close reasons decided by the protocol (the connection loop adds ``idle``,
-#: ``reset``, ``shutdown``, ``cancelled`` and ``error``).
-ROUNDS: Final = "rounds"
-EOF: Final = "eof"
-LINE_TOO_LONG: Final = "line-too-long"
-SHUTDOWN: Final = "shutdown"
 
 Data = bytes | bytearray | memoryview
 

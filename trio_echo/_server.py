@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import math
 import os
-import random
-import socket
 import ssl
 from collections.abc import Sequence
 from typing import Final
 
-import attrs
 import trio
 
-from ._config import ConnectionConfig, ServerConfig
-from ._connection import (
-    CANCELLED,
-    RESET,
-    Connection,
-    SocketConnection,
-    StreamConnection,
-    format_peer,
-)
-from ._faults import (
-    FaultInjector,
-    FaultySocketConnection,
-    FaultyStreamConnection,
-    FaultyTLSConnection,
-    describe,
-)
+from ._assembly import ConnectionFactory
+from ._closelog import log_close
+from ._config import ServerConfig
+from ._connection import Connection
+from ._faults import describe
 from ._logs import event
-from ._protocol import SHUTDOWN
-from ._proxy import MAX_HEADER, ProxyHeader, ProxyProtocolError, parse_proxy_header
+from ._reasons import ERROR
+from ._sockets import format_address
 from ._stats import ServerStatistics, Tally
-from ._tls import TLSConnection, server_context
+from ._tls import server_context
 
 __all__ = ["EchoServer", "serve"]
 
@@ -50,9 +35,6 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 
 # How long to wait after one of those before calling accept() again.
 ACCEPT_RETRY_DELAY: Final = 0.100
-
-#: Close reason of a connection without a valid PROXY header (``proxy_protocol``).
-PROXY_ERROR: Final = "proxy-error"
 
 # At most one "connection limit reached" or accept-error warning per this many
 # seconds, so a flood cannot flood the log too.
@@ -77,32 +59,26 @@ class EchoServer:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
-        self._ssl_context = ssl_context
         self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
         # Read once: the listeners are closed at shutdown, the handle outlives them.
         names = [listener.socket.getsockname() for listener in listeners]
         self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
         self._tally = Tally()
+        # Every open connection, echoing or still in a step before echoing.
         self._active: set[Connection] = set()
-        # Connections still sending their PROXY header: open, but not echoing yet.
-        self._handshaking: set[_Handshake] = set()
         self._slots = trio.Semaphore(config.listener.max_connections)
-        # One receive buffer for every plain-TCP connection (see SocketConnection).
-        self._buffer = memoryview(bytearray(config.connection.max_message))
         # One bound method for all connections, not one per connection.
-        self._on_close = self._connection_closed
+        self._new_connection = ConnectionFactory(
+            config,
+            ssl_context=ssl_context,
+            fault_events=self._tally.faults,
+            on_close=self._connection_closed,
+        )
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
         # When each kind of warning was last logged (see _warn).
         self._last_warning: dict[str, float] = {}
-        faults = config.connection.faults
-        self._faults_on = faults.enabled
-        # Drawn once per server, and logged, so that a run without a seed can
-        # be replayed with --seed.
-        self._fault_seed = faults.seed
-        if self._fault_seed is None and faults.jitter:
-            self._fault_seed = random.SystemRandom().randrange(2**32)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -119,7 +95,7 @@ class EchoServer:
 
         Synchronous and cheap (it walks the open connections); never raises.
         """
-        return self._tally.snapshot(itertools.chain(self._active, self._handshaking))
+        return self._tally.snapshot(self._active)
 
     def request_shutdown(self) -> None:
         """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
@@ -162,13 +138,15 @@ class EchoServer:
                     for host, port in self.addresses:
                         LOGGER.info(
                             "listening on %s",
-                            format_peer((host, port)),
+                            format_address((host, port)),
                             extra=event(
                                 "start", host=host, port=port, tls=self.config.tls is not None
                             ),
                         )
-                    if self._faults_on:
-                        faults = describe(self.config.connection.faults, seed=self._fault_seed)
+                    if self._new_connection.faults_on:
+                        faults = describe(
+                            self.config.connection.faults, seed=self._new_connection.fault_seed
+                        )
                         LOGGER.info("faults on: %s", faults, extra=event("faults", faults=faults))
                     task_status.started(self)
                     await self._stop_requested.wait()
@@ -184,11 +162,9 @@ class EchoServer:
         grace = self.config.listener.grace
         LOGGER.info(
             "shutting down: %d connection(s) open, %s s grace",
-            len(self._active) + len(self._handshaking),
+            len(self._active),
             grace,
-            extra=event(
-                "stopping", active=len(self._active) + len(self._handshaking), grace=grace
-            ),
+            extra=event("stopping", active=len(self._active), grace=grace),
         )
         self._stopping = True
         handlers.cancel_scope.deadline = trio.current_time() + grace
@@ -232,16 +208,13 @@ class EchoServer:
                 slots.release()
                 raise
             else:
-                if self.config.listener.proxy_protocol:
-                    handlers.start_soon(self._start_proxied_connection, stream, handlers)
-                else:
-                    self._start_connection(stream, handlers)
+                self._start_connection(stream, handlers)
 
     def _start_connection(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
         # The connection's own serve() is the task's root coroutine: no wrapper
         # frame per connection; the bookkeeping runs in _connection_closed.
         try:
-            conn = self._connection_for(stream)
+            conn = self._new_connection(stream)
         except OSError as exc:
             # The client is already gone (or the descriptor unusable): nothing to serve.
             LOGGER.debug("dropping a connection that failed on setup: %s", exc)
@@ -250,9 +223,6 @@ class EchoServer:
             self._slots.release()
             return
         self._tally.accepted += 1
-        self._serve_connection(conn, handlers)
-
-    def _serve_connection(self, conn: Connection, handlers: trio.Nursery) -> None:
         self._active.add(conn)
         if self._stopping:
             conn.stop()
@@ -260,170 +230,12 @@ class EchoServer:
         # format a fresh name for every task.
         handlers.start_soon(conn.serve, name=conn.peer)
 
-    async def _start_proxied_connection(
-        self, stream: trio.SocketStream, handlers: trio.Nursery
-    ) -> None:
-        """The PROXY step, then the connection as a task of its own (this one ends).
-
-        A connection without a valid header is closed here with reason
-        ``proxy-error`` and never reaches the echo loop.
-        """
-        started = trio.current_time()
-        self._tally.accepted += 1
-        peer = _peer_of(stream)
-        handshake = _Handshake()
-        self._handshaking.add(handshake)
-        try:
-            peer, initial = await self._read_proxy_header(stream, peer)
-        except ProxyProtocolError as exc:
-            LOGGER.info("%s: bad PROXY header: %s", peer, exc)
-            await self._refuse(stream, peer, PROXY_ERROR, started)
-            return
-        except (trio.BrokenResourceError, OSError) as exc:
-            LOGGER.debug("%s: %s", peer, exc or type(exc).__name__)
-            await self._refuse(stream, peer, RESET, started)
-            return
-        except trio.Cancelled:
-            # Shutdown's grace ran out (or serve() was cancelled) mid-header.
-            await self._refuse(stream, peer, SHUTDOWN if self._stopping else CANCELLED, started)
-            raise
-        finally:
-            self._handshaking.discard(handshake)
-        try:
-            conn = self._connection_for(stream, peer=peer, initial=initial)
-        except OSError as exc:
-            LOGGER.debug("%s: %s", peer, exc)
-            await self._refuse(stream, peer, RESET, started)
-            return
-        conn.started = started
-        self._serve_connection(conn, handlers)
-
-    async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> tuple[str, bytes]:
-        """Read the PROXY header; return the peer it names and the bytes after it.
-
-        Reads at most :data:`~trio_echo._proxy.MAX_HEADER` bytes for at most
-        ``proxy_timeout`` seconds.  The peer stays *peer* when the header names no
-        TCP client (a balancer's health check).
-
-        Raises:
-          ProxyProtocolError: the header is malformed, too long, late or cut short.
-          trio.BrokenResourceError, OSError: the connection broke meanwhile.
-        """
-        timeout = self.config.listener.proxy_timeout
-        received = bytearray()
-        header: ProxyHeader | None = None
-        with trio.move_on_after(timeout):
-            while (header := parse_proxy_header(received)) is None:
-                chunk = await stream.receive_some(MAX_HEADER - len(received))
-                if not chunk:
-                    raise ProxyProtocolError("EOF before a complete PROXY header")
-                received += chunk
-        if header is None:
-            raise ProxyProtocolError(f"no complete PROXY header within {timeout} s")
-        if header.source is not None:
-            LOGGER.debug(
-                "%s: PROXY v%d header names the client %s",
-                peer,
-                header.version,
-                format_peer(header.source),
-            )
-            peer = format_peer(header.source)
-        return peer, bytes(received[header.length :])
-
-    async def _refuse(
-        self, stream: trio.SocketStream, peer: str, reason: str, started: float
-    ) -> None:
-        """Close a connection that ended before its echo loop, counting its reason."""
-        try:
-            await trio.aclose_forcefully(stream)
-        finally:
-            # Counted even when the close raises Cancelled (it has closed anyway).
-            self._tally.record_refused(reason)
-            self._slots.release()
-            _log_close(peer, 0, 0, 0, started, reason)
-
     def _connection_closed(self, conn: Connection) -> None:
-        reason = conn.reason or "error"
+        reason = conn.reason or ERROR
         self._active.discard(conn)
         self._tally.record_close(conn, reason)
         self._slots.release()
-        _log_close(
-            conn.peer,
-            conn.rounds,
-            conn.bytes_in,
-            conn.bytes_out,
-            conn.started,
-            reason,
-            faults=_fault_summary(conn),
-        )
-
-    def _connection_for(
-        self, stream: trio.SocketStream, *, peer: str | None = None, initial: bytes = b""
-    ) -> Connection:
-        """The connection for *stream*; *initial*: what was read after a PROXY header.
-
-        Raises:
-          OSError: the socket is unusable (the client is already gone).
-        """
-        config: ConnectionConfig = self.config.connection
-        if peer is None:
-            peer = _peer_of(stream)
-        tls = self.config.tls
-        if self._ssl_context is not None and tls is not None:
-            if self._faults_on:
-                return FaultyTLSConnection(
-                    stream,
-                    self._ssl_context,
-                    config,
-                    peer=peer,
-                    handshake_timeout=tls.handshake_timeout,
-                    on_close=self._on_close,
-                    received=initial,
-                    seed=self._fault_seed,
-                    events=self._tally.faults,
-                )
-            return TLSConnection(
-                stream,
-                self._ssl_context,
-                config,
-                peer=peer,
-                handshake_timeout=tls.handshake_timeout,
-                on_close=self._on_close,
-                # The bytes after a PROXY header are the start of the TLS handshake.
-                received=initial,
-            )
-        conn: Connection
-        if isinstance(stream, trio.SocketStream):
-            # Take the OS socket out of trio's wrapper to drive it directly.
-            sock = socket.socket(fileno=stream.socket.detach())
-            sock.setblocking(False)
-            if self._faults_on:
-                conn = FaultySocketConnection(
-                    sock,
-                    config,
-                    peer=peer,
-                    buffer=self._buffer,
-                    on_close=self._on_close,
-                    seed=self._fault_seed,
-                    events=self._tally.faults,
-                )
-            else:
-                conn = SocketConnection(
-                    sock, config, peer=peer, buffer=self._buffer, on_close=self._on_close
-                )
-        elif self._faults_on:
-            conn = FaultyStreamConnection(
-                stream,
-                config,
-                peer=peer,
-                on_close=self._on_close,
-                seed=self._fault_seed,
-                events=self._tally.faults,
-            )
-        else:
-            conn = StreamConnection(stream, config, peer=peer, on_close=self._on_close)
-        conn.initial = initial
-        return conn
+        log_close(conn, reason, faults_on=self._new_connection.faults_on)
 
     def _warn(self, message: str, *args: object) -> None:
         """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.
@@ -435,64 +247,6 @@ class EchoServer:
         if now - self._last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
             self._last_warning[message] = now
             LOGGER.warning(message, *args)
-
-
-@attrs.define(eq=False)
-class _Handshake:
-    """The counters of a connection still sending its PROXY header (all zero)."""
-
-    rounds: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-
-def _peer_of(stream: trio.SocketStream) -> str:
-    try:
-        return format_peer(stream.socket.getpeername())
-    except OSError:
-        return "unknown peer"
-
-
-def _log_close(
-    peer: str,
-    rounds: int,
-    bytes_in: int,
-    bytes_out: int,
-    started: float,
-    reason: str,
-    *,
-    faults: str | None = None,
-) -> None:
-    """The per-connection close line; *faults*: what was injected, if faults are on."""
-    duration = trio.current_time() - started
-    LOGGER.info(
-        "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s%s",
-        peer,
-        rounds,
-        bytes_in,
-        bytes_out,
-        duration,
-        reason,
-        "" if faults is None else f" faults={faults}",
-        extra=event(
-            "close",
-            peer=peer,
-            rounds=rounds,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            duration=round(duration, 6),
-            reason=reason,
-            **({} if faults is None else {"faults": faults}),
-        ),
-    )
-
-
-def _fault_summary(conn: Connection) -> str | None:
-    """``latency:3,fragment:120`` for a connection with faults, else ``None``."""
-    if not isinstance(conn, FaultInjector):
-        return None
-    events = ",".join(f"{name}:{count}" for name, count in sorted(conn.fault_events.items()))
-    return events or "none"
 
 
 async def serve(

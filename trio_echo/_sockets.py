@@ -15,6 +15,7 @@ from typing import Final
 __all__ = [
     "SD_LISTEN_FDS_START",
     "bind_reuseport_groups",
+    "format_address",
     "listening_socket_from_fd",
     "systemd_listen_fds",
 ]
@@ -121,12 +122,12 @@ def listening_socket_from_fd(fd: int) -> socket.socket:
 
 def describe_sockets(sockets: Sequence[socket.socket]) -> str:
     """``host:port, ...`` of *sockets*, for messages."""
-    return ", ".join(_name(sock) for sock in sockets)
+    return ", ".join(format_address(sock.getsockname()) for sock in sockets)
 
 
-def _name(sock: socket.socket) -> str:
-    address = sock.getsockname()
-    if isinstance(address, tuple):
+def format_address(address: object) -> str:
+    """``host:port`` for IPv4, ``[host]:port`` for IPv6, ``str()`` otherwise."""
+    if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)

@@ -80,17 +80,13 @@ class Tally:
     limit_waits: int = 0
     accept_errors: int = 0
     closed_by_reason: Counter[str] = attrs.field(factory=Counter)
-    #: Bumped live by the connections with faults (see _faults.FaultInjector).
+    #: Bumped live by the connections with faults (see _faults.FaultTransport).
     faults: Counter[str] = attrs.field(factory=Counter)
 
     def record_close(self, conn: ConnectionCounters, reason: str) -> None:
         self.rounds += conn.rounds
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
-        self.closed_by_reason[reason] += 1
-
-    def record_refused(self, reason: str) -> None:
-        """Count a connection closed before its echo loop started (``proxy-error``)."""
         self.closed_by_reason[reason] += 1
 
     def snapshot(self, active: Iterable[ConnectionCounters]) -> ServerStatistics:

@@ -1,25 +1,25 @@
-"""Echo over TLS: the server's SSL context and the TLS connection.
+"""TLS as a transport wrapping another: the server's SSL context, the handshake, close_notify.
 
-A TLS connection is a :class:`~trio_echo._connection.StreamConnection` on a
-:class:`trio.SSLStream` with two differences:
+:class:`TLSTransport` runs a :class:`trio.SSLStream` over any
+:class:`~trio_echo._transports.Transport` (the plain socket, in the server)
+and is a transport itself, so the echo loop does not know it is there.  Two
+things differ from plain TCP:
 
-* The handshake is explicit and bounded.  ``SSLListener.accept`` does not
-  handshake -- the handshake would happen on first I/O, unbounded by
-  anything but the idle timeout -- so the connection completes it first,
+* The handshake is explicit and bounded (:class:`TLSHandshake`, a step
+  before the echo loop).  ``SSLStream`` would otherwise handshake on first
+  I/O, unbounded by anything but the idle timeout; the step completes it
   within ``TLSConfig.handshake_timeout``.  A client that stays silent, speaks
   plain TCP, or offers no acceptable certificate is closed with reason
   ``tls-error`` and one INFO line; so is one that breaks the TLS record
   protocol later.  A TCP reset, or a TCP EOF without ``close_notify``, is
   ``reset``, as over plain TCP.
 
-* The close.  TLS cannot half-close the way TCP can (``SSLStream`` has no
-  ``send_eof``), so wherever the plain-TCP connection half-closes -- rounds
-  exhausted, idle, shutdown -- and also after the client's own EOF, the TLS
-  connection sends ``close_notify`` (the client reads a clean TLS EOF after
-  the last echo), then half-closes TCP and discards the client's bytes until
-  its TCP EOF, for at most ``drain_timeout``, then closes.  As over TCP, a
-  client that reads its echoes and closes within ``drain_timeout`` gets no
-  reset that could destroy echoes it has not read yet.
+* The close.  TLS cannot half-close the way TCP can, so the server's side of
+  a clean close (:meth:`TLSTransport.send_eof`) is ``close_notify`` followed
+  by a TCP half-close, owed also after the client's own EOF; the
+  connection's bounded drain then reads the raw TCP bytes until the client's
+  EOF, as over TCP, so a client that reads its echoes and closes within
+  ``drain_timeout`` gets no reset that could destroy echoes it has not read yet.
 """
 
 from __future__ import annotations
@@ -28,20 +28,19 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterator
-from typing import Final
+from collections.abc import Iterator
+from typing import ClassVar, Final
 
 import trio
 
-from ._config import ConnectionConfig, TLSConfig
-from ._connection import Connection, StreamConnection
-from ._protocol import SHUTDOWN
+from ._config import TLSConfig
+from ._protocol import Data
+from ._reasons import TLS_ERROR
+from ._transports import Ended, Owner, Transport, Wrapper
 
-__all__ = ["TLS_ERROR", "ServerTransport", "TLSConnection", "server_context"]
+__all__ = ["ServerTransport", "TLSHandshake", "TLSTransport", "server_context"]
 
 LOGGER = logging.getLogger("trio_echo")
-
-TLS_ERROR: Final = "tls-error"
 
 
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -95,41 +94,42 @@ MAX_RECORD_BODY: Final = 2**14 + 2048
 
 
 class ServerTransport(trio.abc.Stream):
-    """The TCP stream under a server's :class:`trio.SSLStream`, with two duties.
+    """A :class:`~trio_echo._transports.Transport` as the stream under a server's
+    :class:`trio.SSLStream`, with record-aligned reads.
 
-    Record-aligned reads: :meth:`receive_some` returns whole TLS records, so
-    the SSL object never holds a client record it has not decrypted yet.
-    Sending ``close_notify`` calls ``SSL_shutdown`` twice; the second call
-    reads, and if it finds application data -- a client that pipelined past
-    the last round -- OpenSSL fails with ``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``
-    and :class:`trio.SSLStream` drops the ``close_notify`` it had just built.
+    :meth:`receive_some` returns whole TLS records, so the SSL object never
+    holds a client record it has not decrypted yet.  Sending ``close_notify``
+    calls ``SSL_shutdown`` twice; the second call reads, and if it finds
+    application data -- a client that pipelined past the last round --
+    OpenSSL fails with ``APPLICATION_DATA_AFTER_CLOSE_NOTIFY`` and
+    :class:`trio.SSLStream` drops the ``close_notify`` it had just built.
     With nothing buffered the second call just waits, which ``aclose``
     ignores, and the ``close_notify`` goes out.
 
-    Lingering close: :meth:`aclose` (which :meth:`trio.SSLStream.aclose` calls
-    after sending ``close_notify``) half-closes, discards the client's bytes
-    until its EOF or for at most *drain_timeout*, then closes.
+    :meth:`aclose` (which :meth:`trio.SSLStream.aclose` calls after sending
+    ``close_notify``) only half-closes the transport: the connection drains
+    and closes it.
     """
 
-    def __init__(
-        self, stream: trio.abc.HalfCloseableStream, drain_timeout: float, received: bytes = b""
-    ) -> None:
-        self.stream = stream
-        self._drain_timeout = drain_timeout
-        # *received*: bytes already read from *stream* (those after a PROXY header).
-        self._received = bytearray(received)
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self._received = bytearray()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
+        transport = self.transport
+        sent = transport.send_now(data)
+        if sent != len(data):
+            await transport.send_all(memoryview(data)[sent:])
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
+        await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         # A record already buffered is returned without a checkpoint: the only
         # caller is the SSLStream, which checkpoints in every operation, and a
         # scheduler round trip per record costs measurable throughput.
         received = self._received
+        transport = self.transport
         while True:
             end = self._record_end()
             if end is not None and (max_bytes is None or end <= max_bytes):
@@ -140,11 +140,13 @@ class ServerTransport(trio.abc.Stream):
                 chunk = received[:max_bytes]
                 del received[:max_bytes]
                 return chunk
-            data = await self.stream.receive_some()
+            while (data := transport.try_receive()) is None:
+                await transport.wait_receivable()
             if not data:
                 rest = bytes(received)
                 received.clear()
                 return rest
+            # Copied at once: the chunk may be a view of the server's shared buffer.
             received += data
 
     def _record_end(self) -> int | None:
@@ -161,77 +163,89 @@ class ServerTransport(trio.abc.Stream):
 
     async def aclose(self) -> None:
         self._received.clear()
-        try:
-            await self.stream.send_eof()
-            with trio.move_on_after(self._drain_timeout):
-                while await self.stream.receive_some():
-                    pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            LOGGER.debug("while closing: %s", exc or type(exc).__name__)
-        finally:
-            await self.stream.aclose()
+        await self.transport.send_eof()
 
 
-class TLSConnection(StreamConnection):
-    """A connection on a server-side :class:`trio.SSLStream` (see the module docstring).
+class TLSTransport(Wrapper):
+    """TLS over *transport*: the plaintext side of a server-side :class:`trio.SSLStream`.
 
-    Cancellation:
-      :meth:`stop` during the handshake abandons it (reason ``shutdown``);
-      otherwise as :class:`~trio_echo._connection.Connection`.
+    Translates the stream's errors at this boundary: the client breaking the
+    TLS protocol raises :exc:`~trio_echo._transports.Ended` (``tls-error``,
+    logged at INFO); the TCP connection breaking stays a
+    :exc:`trio.BrokenResourceError` (``reset``).
     """
 
-    def __init__(
-        self,
-        stream: trio.SocketStream,
-        context: ssl.SSLContext,
-        config: ConnectionConfig,
-        *,
-        peer: str,
-        handshake_timeout: float,
-        on_close: Callable[[Connection], None] | None = None,
-        received: bytes = b"",
-    ) -> None:
-        self._tls = trio.SSLStream(
-            ServerTransport(stream, config.drain_timeout, received), context, server_side=True
-        )
-        super().__init__(self._tls, config, peer=peer, on_close=on_close)
-        self._handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
+    #: The client's close_notify is answered, as for every other reason.
+    half_close_after_eof: ClassVar[bool] = True
 
-    def stop(self) -> None:
-        super().stop()
-        self._handshake.cancel()
+    def __init__(self, transport: Transport, context: ssl.SSLContext, *, max_bytes: int) -> None:
+        super().__init__(transport)
+        self._ssl = trio.SSLStream(ServerTransport(transport), context, server_side=True)
+        self._max_bytes = max_bytes
+        self._received: Data | None = None
 
-    # The client's close_notify is answered, as for every other reason.
-    HALF_CLOSE_AFTER_EOF = True
+    async def handshake(self) -> None:
+        """Complete the handshake (unbounded: :class:`TLSHandshake` bounds it).
 
-    async def _start(self) -> str | None:
-        with self._handshake:
-            try:
-                await self._tls.do_handshake()
-            except trio.BrokenResourceError as exc:
-                LOGGER.info("%s: TLS handshake failed: %s", self.peer, _describe(exc))
-                return TLS_ERROR
-        if self._handshake.cancelled_caught:
-            if self._stopping:
-                return SHUTDOWN
-            LOGGER.info("%s: TLS handshake not completed in time", self.peer)
-            return TLS_ERROR
-        return None
+        Raises:
+          Ended: ``tls-error``: the client failed the handshake (logged at INFO).
+        """
+        try:
+            await self._ssl.do_handshake()
+        except trio.BrokenResourceError as exc:
+            LOGGER.info("%s: TLS handshake failed: %s", self._peer(), _describe(exc))
+            raise Ended(TLS_ERROR) from exc
 
-    def _broken(self, exc: trio.BrokenResourceError | ConnectionError) -> str:
+    def try_receive(self) -> Data | None:
+        data, self._received = self._received, None
+        return data
+
+    async def wait_receivable(self) -> None:
+        try:
+            self._received = await self._ssl.receive_some(self._max_bytes)
+        except trio.BrokenResourceError as exc:
+            raise self._translate(exc) from exc.__cause__
+
+    def send_now(self, data: Data) -> int:
+        return 0
+
+    async def send_all(self, data: Data) -> None:
+        try:
+            await self._ssl.send_all(data)
+        except trio.BrokenResourceError as exc:
+            raise self._translate(exc) from exc.__cause__
+
+    async def send_eof(self) -> None:
+        """``close_notify``, then the TCP half-close (through :class:`ServerTransport`)."""
+        await self._ssl.aclose()
+
+    # discard_until_eof, close: the inner transport's (after close_notify the
+    # client's bytes are discarded undecrypted).
+
+    def _translate(self, exc: trio.BrokenResourceError) -> BaseException:
         if not _is_protocol_error(exc):
             # A TCP reset, or a TCP EOF without close_notify.
-            return super()._broken(exc)
-        LOGGER.info("%s: TLS error: %s", self.peer, _describe(exc))
-        return TLS_ERROR
+            return exc
+        LOGGER.info("%s: TLS error: %s", self._peer(), _describe(exc))
+        return Ended(TLS_ERROR)
 
-    async def _half_close_and_drain(self) -> None:
-        """Send close_notify, then the lingering TCP close, within drain_timeout."""
-        with trio.move_on_after(self._config.drain_timeout):
-            try:
-                await self._tls.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                LOGGER.debug("%s: while closing: %s", self.peer, exc or type(exc).__name__)
+    def _peer(self) -> str:
+        return "unknown peer" if self._owner is None else self._owner.peer
+
+
+class TLSHandshake:
+    """The step before echoing that completes a TLS handshake within *timeout*."""
+
+    def __init__(self, transport: TLSTransport, timeout: float) -> None:
+        self.transport = transport
+        self.timeout = timeout
+
+    async def run(self, owner: Owner) -> None:
+        await self.transport.handshake()
+
+    def timed_out(self, owner: Owner) -> Ended:
+        LOGGER.info("%s: TLS handshake not completed in time", owner.peer)
+        return Ended(TLS_ERROR)
 
 
 def _is_protocol_error(exc: BaseException) -> bool:

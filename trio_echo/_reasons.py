@@ -1,0 +1,46 @@
+"""Every close reason, once: the strings in the close log line and ``closed_by_reason``.
+
+Plain string constants rather than an enum, so that the values compare, hash
+and format exactly as the strings the log and the statistics have always
+carried.  The README's close-reason table lists them with what the client sees.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Decided by the protocol (sans-IO).
+ROUNDS: Final = "rounds"
+EOF: Final = "eof"
+LINE_TOO_LONG: Final = "line-too-long"
+
+# Decided by the connection loop.
+SHUTDOWN: Final = "shutdown"
+IDLE: Final = "idle"
+RESET: Final = "reset"
+CANCELLED: Final = "cancelled"
+ERROR: Final = "error"
+
+# Decided by a step before the echo loop.
+PROXY_ERROR: Final = "proxy-error"
+TLS_ERROR: Final = "tls-error"
+
+# Decided by an injected fault.
+STALLED: Final = "stalled"
+RESET_INJECTED: Final = "reset-injected"
+
+#: Every close reason, in the order of the README table.
+ALL: Final = (
+    ROUNDS,
+    EOF,
+    LINE_TOO_LONG,
+    IDLE,
+    SHUTDOWN,
+    RESET,
+    CANCELLED,
+    ERROR,
+    PROXY_ERROR,
+    TLS_ERROR,
+    STALLED,
+    RESET_INJECTED,
+)
