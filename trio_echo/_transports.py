@@ -18,8 +18,9 @@ through :class:`Owner`.
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import ClassVar, Final, Protocol
 
 import trio
@@ -27,6 +28,12 @@ import trio
 from ._protocol import Data
 
 __all__ = ["Ended", "Owner", "SocketTransport", "StreamTransport", "Transport", "Wrapper"]
+
+# SocketTransport's read state (see try_receive): read now; the last read was
+# short, so yield first; yielded, so read, then wait for readability if empty.
+_READ: Final = 0
+_SHORT: Final = 1
+_YIELDED: Final = 2
 
 # Reads allowed in a drain without a trip through the scheduler: a client
 # sending without pause must not keep the drain's deadline from being checked.
@@ -58,9 +65,6 @@ class Owner(Protocol):
         """Count *nbytes* of an echo as sent by a transport that then ends the
         connection (raising :exc:`Ended`); *whole*: the echo went out in full."""
 
-    def report_fault(self, event: str) -> None:
-        """Count one injected fault event for this connection's close line."""
-
 
 class Transport(Protocol):
     """How the echo loop moves bytes; see the module docstring for the split.
@@ -75,6 +79,11 @@ class Transport(Protocol):
     def half_close_after_eof(self) -> bool:
         """Whether the server still owes its side of the close after the client's
         EOF (TLS answers the client's ``close_notify``)."""
+
+    def interrupt(self) -> None:
+        """Make a task blocked in :meth:`wait_receivable` or :meth:`send_all`
+        raise :exc:`trio.ClosedResourceError` at once, leaving the transport
+        usable (the idle sweep and :meth:`Connection.stop` wake a connection so)."""
 
     def bind(self, owner: Owner | None) -> None:
         """Attach the connection (``None`` detaches it once closed)."""
@@ -136,16 +145,21 @@ class SocketTransport:
     half_close_after_eof: ClassVar[bool] = False
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
-    __slots__ = ("_buffer", "_maybe_ready", "_owner", "_sock", "_unread", "_yield_first")
+    __slots__ = ("_buffer", "_owner", "_sock", "_state", "_unread")
 
     def __init__(self, sock: socket.socket, *, buffer: memoryview) -> None:
         self._sock = sock
         self._buffer = buffer
         self._owner: Owner | None = None
-        # A new client has often sent its first message already.
-        self._maybe_ready = True
-        self._yield_first = False
+        # A new client has often sent its first message already: read at once.
+        self._state = _READ
         self._unread = b""
+
+    def interrupt(self) -> None:
+        # Unregisters the socket from epoll and wakes its waiters with
+        # ClosedResourceError; the next wait registers it again.  No cancel
+        # scope per connection: an idle connection is lighter (see _idle).
+        trio.lowlevel.notify_closing(self._sock)
 
     def bind(self, owner: Owner | None) -> None:
         self._owner = owner
@@ -162,24 +176,24 @@ class SocketTransport:
         # busy server the answer is there by then, so the read needs no
         # wait_readable -- no epoll_ctl() and no I/O wake-up per round.  Only if
         # it is still not there does the connection wait for readability.
-        if not self._maybe_ready:
-            self._maybe_ready = True
-            self._yield_first = True
+        if self._state == _SHORT:
+            self._state = _YIELDED
             return None
         if self._unread:
             data, self._unread = self._unread, b""
             return data
-        self._yield_first = False
+        self._state = _READ
         try:
             n = self._sock.recv_into(self._buffer)
         except BlockingIOError:
             return None
         # A full buffer means more may be waiting: read again at once.
-        self._maybe_ready = n == len(self._buffer)
+        if n != len(self._buffer):
+            self._state = _SHORT
         return self._buffer[:n]
 
     def wait_receivable(self) -> Awaitable[None]:
-        if self._yield_first:
+        if self._state == _YIELDED:
             return trio.lowlevel.checkpoint()  # noqa: ASYNC105 -- awaited by the caller
         return trio.lowlevel.wait_readable(self._sock)  # noqa: ASYNC105 -- likewise
 
@@ -240,13 +254,17 @@ class StreamTransport:
 
     half_close_after_eof: ClassVar[bool] = False
 
-    __slots__ = ("_max_bytes", "_received", "_stream", "_unread")
+    __slots__ = ("_max_bytes", "_received", "_stream", "_unread", "_waits")
 
     def __init__(self, stream: trio.abc.Stream, *, max_bytes: int) -> None:
+        self._waits = WaitScopes()
         self._stream = stream
         self._max_bytes = max_bytes
         self._received: Data | None = None
         self._unread = b""
+
+    def interrupt(self) -> None:
+        self._waits.interrupt()
 
     def bind(self, owner: Owner | None) -> None:
         pass
@@ -263,13 +281,15 @@ class StreamTransport:
         return data
 
     async def wait_receivable(self) -> None:
-        self._received = await self._stream.receive_some(self._max_bytes)
+        with self._waits.waiting():
+            self._received = await self._stream.receive_some(self._max_bytes)
 
     def send_now(self, data: Data) -> int:
         return 0
 
     async def send_all(self, data: Data) -> None:
-        await self._stream.send_all(data)
+        with self._waits.waiting():
+            await self._stream.send_all(data)
 
     async def send_eof(self) -> None:
         if isinstance(self._stream, trio.abc.HalfCloseableStream):
@@ -293,6 +313,38 @@ class StreamTransport:
         return stream.socket
 
 
+class WaitScopes:
+    """A cancel scope per blocking wait, for a transport whose waits no
+    ``notify_closing`` can reach (a stream): :meth:`interrupt` cancels the
+    current one, and the wait raises :exc:`trio.ClosedResourceError`."""
+
+    __slots__ = ("_current",)
+
+    def __init__(self) -> None:
+        self._current: trio.CancelScope | None = None
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Run the body as one interruptible wait.
+
+        Raises:
+          trio.ClosedResourceError: :meth:`interrupt` ended the wait.
+        """
+        scope = self._current = trio.CancelScope()
+        try:
+            with scope:
+                yield
+        finally:
+            self._current = None
+        if scope.cancelled_caught:
+            raise trio.ClosedResourceError("woken by interrupt()")
+
+    def interrupt(self) -> None:
+        """End the current wait, if any."""
+        if self._current is not None:
+            self._current.cancel()
+
+
 class Wrapper:
     """A transport that adds one concern over *inner*: everything it does not
     override goes to *inner* unchanged (TLS, faults)."""
@@ -304,6 +356,9 @@ class Wrapper:
     @property
     def half_close_after_eof(self) -> bool:
         return self._inner.half_close_after_eof
+
+    def interrupt(self) -> None:
+        self._inner.interrupt()
 
     def bind(self, owner: Owner | None) -> None:
         self._owner = owner
