@@ -28,7 +28,7 @@ import trustme
 
 from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, TLSConfig
 from trio_echo._config import replace_fields
-from trio_echo._connection import Connection, Step
+from trio_echo._connection import Connection, Shared, Step
 from trio_echo._faults import FaultTransport
 from trio_echo._tls import TLSHandshake, TLSTransport, server_context
 from trio_echo._transports import SocketTransport, StreamTransport, Transport
@@ -291,7 +291,7 @@ def build_connection(
         )
         steps.append(faulty.start)
         transport = faulty
-    return Connection(transport, config, peer=peer, steps=tuple(steps))
+    return Connection(transport, Shared.of(config), peer=peer, steps=tuple(steps))
 
 
 # ---- TLS certificates ----

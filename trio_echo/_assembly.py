@@ -16,7 +16,7 @@ from collections.abc import Callable
 import trio
 
 from ._config import ServerConfig
-from ._connection import Connection, Step
+from ._connection import Connection, Shared, Step
 from ._faults import FaultTransport
 from ._preamble import ProxyHeaderStep
 from ._sockets import format_address
@@ -31,7 +31,8 @@ class ConnectionFactory:
 
     Holds what a server's connections share: the receive buffer of every
     plain socket, the SSL context, the fault seed and fault counters, and the
-    close callback.
+    connection config, clock and close callback (:class:`Shared`).  Make it
+    inside the trio run that serves the connections.
     """
 
     def __init__(
@@ -45,7 +46,7 @@ class ConnectionFactory:
         self._config = config
         self._ssl_context = ssl_context
         self._fault_events = fault_events
-        self._on_close = on_close
+        self._shared = Shared.of(config.connection, on_close)
         # One receive buffer for every plain-TCP connection (see SocketTransport).
         self._buffer = memoryview(bytearray(config.connection.max_message))
         faults = config.connection.faults
@@ -89,10 +90,8 @@ class ConnectionFactory:
             transport = faulty
         if not steps:
             # The plain path: no list kept per connection.
-            return Connection(transport, config.connection, peer=peer, on_close=self._on_close)
-        return Connection(
-            transport, config.connection, peer=peer, steps=tuple(steps), on_close=self._on_close
-        )
+            return Connection(transport, self._shared, peer=peer)
+        return Connection(transport, self._shared, peer=peer, steps=tuple(steps))
 
 
 def peer_of(stream: trio.SocketStream) -> str:

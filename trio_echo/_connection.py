@@ -19,6 +19,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
+import attrs
 import trio
 
 from ._config import ConnectionConfig
@@ -27,7 +28,7 @@ from ._protocol import Data, EchoProtocol
 from ._reasons import CANCELLED, EOF, ERROR, IDLE, RESET, SHUTDOWN
 from ._transports import Ended, Owner, Transport
 
-__all__ = ["Connection", "Step"]
+__all__ = ["Connection", "Shared", "Step"]
 
 LOGGER = logging.getLogger("trio_echo")
 
@@ -73,6 +74,32 @@ class Step(Protocol):
         """Log that the step did not finish in time; the exception that ends the connection."""
 
 
+@attrs.frozen(kw_only=True)
+class Shared:
+    """What the connections of one server share: one slot per connection, not one each.
+
+    Make it with :meth:`of`, inside the trio run the connections run in.
+    """
+
+    config: ConnectionConfig
+    #: ``config.idle_timeout``, read on every wait.
+    idle: float | None
+    clock: trio.abc.Clock
+    #: Called with the connection once it has closed (its ``reason`` set).
+    on_close: Callable[[Connection], None] | None
+
+    @classmethod
+    def of(
+        cls, config: ConnectionConfig, on_close: Callable[[Connection], None] | None = None
+    ) -> Shared:
+        return cls(
+            config=config,
+            idle=config.idle_timeout,
+            clock=trio.lowlevel.current_clock(),
+            on_close=on_close,
+        )
+
+
 class Connection:
     """One client connection: its steps, the echo loop and its clean close.
 
@@ -91,16 +118,13 @@ class Connection:
     # Slots, not a __dict__: a server may hold tens of thousands of these.
     __slots__ = (
         "_bucket",
-        "_clock",
-        "_config",
         "_deadline",
         "_ending",
-        "_on_close",
         "_protocol",
         "_scope",
+        "_shared",
         "_steps",
         "_transport",
-        "_unyielded",
         "_waiting",
         "bytes_in",
         "bytes_out",
@@ -113,11 +137,10 @@ class Connection:
     def __init__(
         self,
         transport: Transport,
-        config: ConnectionConfig,
+        shared: Shared,
         *,
         peer: str,
         steps: Sequence[Step] = _NO_STEPS,
-        on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self.peer = peer
         self.started = trio.current_time()
@@ -127,7 +150,8 @@ class Connection:
         self.reason: str | None = None
         self._transport = transport
         self._steps = steps
-        self._config = config
+        self._shared = shared
+        config = shared.config
         self._protocol = EchoProtocol(
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
         )
@@ -140,9 +164,6 @@ class Connection:
         # (stop()) or IDLE (the idle sweep).
         self._ending: str | None = None
         self._waiting = _NOT_WAITING
-        self._unyielded = 0
-        self._on_close = on_close
-        self._clock = trio.lowlevel.current_clock()
         transport.bind(self)
 
     @property
@@ -169,13 +190,11 @@ class Connection:
             if self._steps:
                 await self._run_steps()
             protocol = self._protocol
-            idle = self._config.idle_timeout
-            if idle is not None:
-                # With the slack from the start, the deadline need not move
-                # again before a short-lived connection ends.
-                self._deadline = self._clock.current_time() + idle * (1 + _HALF_SLACK)
-                self._bucket = current_sweep().add(self, self._deadline, idle * _HALF_SLACK)
+            if self._shared.idle is not None:
+                self._start_idle()
             out: Data = _NOTHING
+            # Rounds since the last trip through the scheduler.
+            unyielded = 0
             while True:
                 data = transport.try_receive()
                 if data is None:
@@ -192,7 +211,7 @@ class Connection:
                         break
                     finally:
                         self._waiting = _NOT_WAITING
-                    self._unyielded = 0
+                    unyielded = 0
                     continue
                 out = self._take(data)
                 if self._ending == SHUTDOWN:
@@ -211,7 +230,7 @@ class Connection:
                             await transport.send_all(memoryview(out)[sent:])
                         finally:
                             self._waiting = _NOT_WAITING
-                        self._unyielded = 0
+                        unyielded = 0
                     self.bytes_out += len(out)
                     self.rounds = protocol.rounds
                 # Sent (nothing left for _finish); and no view of the shared
@@ -219,20 +238,20 @@ class Connection:
                 data = out = _NOTHING
                 if protocol.reason is not None:
                     break
-                self._unyielded += 1
-                if self._unyielded >= MAX_UNYIELDED:
+                unyielded += 1
+                if unyielded >= MAX_UNYIELDED:
                     # Busy without ever blocking: count it as progress, and
                     # let the other connections run.
-                    self._unyielded = 0
+                    unyielded = 0
                     self._arm_idle()
                     await trio.lowlevel.checkpoint()
             reason = await self._finish(out)
         except trio.Cancelled:
             reason = SHUTDOWN if self._ending == SHUTDOWN else CANCELLED
             raise
-        except Ended as ended:
-            reason = ended.reason
-            if ended.drain:
+        except Ended as exc:
+            reason = exc.reason
+            if exc.drain:
                 await self._close_cleanly()
         except (trio.BrokenResourceError, ConnectionError) as exc:
             LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
@@ -255,15 +274,15 @@ class Connection:
             with trio.CancelScope(shield=True):
                 await transport.close()
             transport.bind(None)
-            if self._on_close is not None:
-                self._on_close(self)
+            if self._shared.on_close is not None:
+                self._shared.on_close(self)
         return reason
 
     async def _run_steps(self) -> None:
         """Each step before echoing, in a scope of its own that stop() cancels."""
         for step in self._steps:
             scope = self._scope = trio.CancelScope(
-                deadline=self._clock.current_time() + step.timeout
+                deadline=self._shared.clock.current_time() + step.timeout
             )
             if self._ending == SHUTDOWN:
                 scope.cancel()
@@ -292,7 +311,6 @@ class Connection:
                 # The receive that led here was progress too, however long it waited.
                 self._arm_idle()
                 await self._transport.send_all(memoryview(out)[sent:])
-                self._unyielded = 0
             self.bytes_out += len(out)
         self.rounds = self._protocol.rounds
 
@@ -324,7 +342,7 @@ class Connection:
         is already decided: a client resetting now changes nothing.
         """
         try:
-            with trio.move_on_after(self._config.drain_timeout):
+            with trio.move_on_after(self._shared.config.drain_timeout):
                 await self._transport.send_eof()
                 await self._transport.discard_until_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -338,14 +356,14 @@ class Connection:
 
     def defer_idle(self, until: float) -> None:
         """See :meth:`trio_echo._transports.Owner.defer_idle`."""
-        idle = self._config.idle_timeout
+        idle = self._shared.idle
         if idle is not None and until + idle > self._deadline:
             self._deadline = until + idle
 
     async def wait_as_idle(self, wait_for: Callable[[], Awaitable[None]]) -> None:
         """See :meth:`trio_echo._transports.Owner.wait_as_idle`."""
-        idle = self._config.idle_timeout
-        deadline = self._clock.current_time() + idle if idle is not None else math.inf
+        idle = self._shared.idle
+        deadline = self._shared.clock.current_time() + idle if idle is not None else math.inf
         # The idle sweep must not end this wait as "idle": a scope of its own
         # times it, and stop() cancels it at once, as a waiting receive.
         self._deadline = math.inf
@@ -367,9 +385,17 @@ class Connection:
 
     # ---- the idle sweep's interface (see _idle.Sweepable) ----
 
+    def _start_idle(self) -> None:
+        """Join the idle sweep.  With the slack from the start, the deadline need
+        not move again before a short-lived connection ends."""
+        idle = self._shared.idle
+        assert idle is not None
+        self._deadline = self._shared.clock.current_time() + idle * (1 + _HALF_SLACK)
+        self._bucket = current_sweep().add(self, self._deadline, idle * _HALF_SLACK)
+
     def idle_check(self, now: float) -> None:
         """Called by the idle sweep once this connection's bucket is due."""
-        idle = self._config.idle_timeout
+        idle = self._shared.idle
         assert idle is not None
         if self._deadline <= now and self._waiting != _NOT_WAITING:
             self._bucket = None
@@ -396,8 +422,8 @@ class Connection:
         """Keep the idle deadline at least idle_timeout away: called on progress,
         right before the connection blocks.  Only a float write: the sweep
         finds the new deadline when the old one comes due."""
-        idle = self._config.idle_timeout
+        idle = self._shared.idle
         if idle is not None:
-            deadline = self._clock.current_time() + idle
+            deadline = self._shared.clock.current_time() + idle
             if deadline > self._deadline:
                 self._deadline = deadline + idle * _HALF_SLACK

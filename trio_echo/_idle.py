@@ -3,8 +3,8 @@
 A cancel scope per connection costs each idle connection about 0.75 KiB (its
 cancel status and the set of its children) and re-keys trio's deadline heap
 whenever the deadline moves.  Instead, each connection keeps its deadline in a
-plain float and sits in one *bucket* of this run's :class:`IdleSweep`: a set
-of connections keyed by a time at or after their deadline, rounded up to the
+plain float and sits in one *bucket* of this run's :class:`IdleSweep`: the
+connections keyed by a time at or after their deadline, rounded up to the
 connection's granularity.  The sweep task sleeps until the earliest bucket,
 then asks each connection in it to check itself: one past its deadline while
 waiting is woken (:meth:`Sweepable.idle_check`); any other goes into the
@@ -45,7 +45,9 @@ class IdleSweep:
     """
 
     def __init__(self) -> None:
-        self._buckets: dict[float, set[Sweepable]] = {}
+        # Buckets are dicts used as sets: a dict's table takes about half the
+        # memory of a set's for the same entries (it grows threefold, not fourfold).
+        self._buckets: dict[float, dict[Sweepable, None]] = {}
         # Bucket times, earliest first (a time may stay after its bucket is gone).
         self._times: list[float] = []
         # The scope of the sweep's current sleep: an earlier bucket moves its deadline.
@@ -59,18 +61,18 @@ class IdleSweep:
             key += granularity
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = set()
+            bucket = self._buckets[key] = {}
             heapq.heappush(self._times, key)
             if key < self._sleep.deadline:
                 self._sleep.deadline = key
-        bucket.add(conn)
+        bucket[conn] = None
         return key
 
     def discard(self, conn: Sweepable, key: float) -> None:
         """Forget *conn* (it closed), which :meth:`add` put in bucket *key*."""
         bucket = self._buckets.get(key)
         if bucket is not None:
-            bucket.discard(conn)
+            bucket.pop(conn, None)
 
     async def run(self) -> None:
         """Empty each bucket when its time comes, forever."""
