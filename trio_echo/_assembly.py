@@ -13,17 +13,45 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 
+import attrs
 import trio
 
-from ._config import ServerConfig
-from ._connection import Connection, Shared, Step
+from ._config import ConnectionConfig, ServerConfig
+from ._connection import Connection
 from ._faults import FaultTransport
 from ._preamble import ProxyHeaderStep
 from ._sockets import format_address
+from ._streams import SocketTransport
 from ._tls import TLSHandshake, TLSTransport
-from ._transports import SocketTransport, Transport
+from ._transports import Step, Transport
 
-__all__ = ["ConnectionFactory", "peer_of"]
+__all__ = ["ConnectionFactory", "Shared", "peer_of"]
+
+
+@attrs.frozen(kw_only=True)
+class Shared:
+    """What the connections of one server share: one slot per connection, not one each.
+
+    Make it with :meth:`of`, inside the trio run the connections run in.
+    """
+
+    config: ConnectionConfig
+    #: ``config.idle_timeout``, read on every wait.
+    idle: float | None
+    clock: trio.abc.Clock
+    #: Called with the connection once it has closed (its ``reason`` set).
+    on_close: Callable[[Connection], None] | None
+
+    @classmethod
+    def of(
+        cls, config: ConnectionConfig, on_close: Callable[[Connection], None] | None = None
+    ) -> Shared:
+        return cls(
+            config=config,
+            idle=config.idle_timeout,
+            clock=trio.lowlevel.current_clock(),
+            on_close=on_close,
+        )
 
 
 class ConnectionFactory:

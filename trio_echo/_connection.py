@@ -17,18 +17,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final
 
-import attrs
 import trio
 
-from ._config import ConnectionConfig
 from ._idle import current_sweep
 from ._protocol import Data, EchoProtocol
 from ._reasons import CANCELLED, EOF, ERROR, IDLE, RESET, SHUTDOWN
-from ._transports import Ended, Owner, Transport
+from ._transports import Ended, Step, Transport
 
-__all__ = ["Connection", "Shared", "Step"]
+__all__ = ["Connection"]
+
+if TYPE_CHECKING:
+    from ._assembly import Shared
 
 LOGGER = logging.getLogger("trio_echo")
 
@@ -53,51 +54,6 @@ _SENDING: Final = 2
 
 # No steps before echoing: one shared empty tuple, nothing per connection.
 _NO_STEPS: Final[tuple[Step, ...]] = ()
-
-
-class Step(Protocol):
-    """One step before the echo loop (a PROXY header, a TLS handshake).
-
-    :meth:`Connection.serve` runs the steps in order, each in a cancel scope
-    with its :attr:`timeout` that :meth:`Connection.stop` cancels (close
-    reason ``shutdown``).  A step ends the connection by raising
-    :exc:`~trio_echo._transports.Ended`; errors are handled as in the loop.
-    """
-
-    #: Seconds the step may take (``math.inf``: unbounded).
-    timeout: float
-
-    async def run(self, owner: Owner) -> None:
-        """Do the step; raise :exc:`~trio_echo._transports.Ended` to end the connection."""
-
-    def timed_out(self, owner: Owner) -> Ended:
-        """Log that the step did not finish in time; the exception that ends the connection."""
-
-
-@attrs.frozen(kw_only=True)
-class Shared:
-    """What the connections of one server share: one slot per connection, not one each.
-
-    Make it with :meth:`of`, inside the trio run the connections run in.
-    """
-
-    config: ConnectionConfig
-    #: ``config.idle_timeout``, read on every wait.
-    idle: float | None
-    clock: trio.abc.Clock
-    #: Called with the connection once it has closed (its ``reason`` set).
-    on_close: Callable[[Connection], None] | None
-
-    @classmethod
-    def of(
-        cls, config: ConnectionConfig, on_close: Callable[[Connection], None] | None = None
-    ) -> Shared:
-        return cls(
-            config=config,
-            idle=config.idle_timeout,
-            clock=trio.lowlevel.current_clock(),
-            on_close=on_close,
-        )
 
 
 class Connection:
