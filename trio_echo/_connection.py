@@ -117,7 +117,8 @@ class Connection:
         # The idle sweep's bucket for this connection (see _idle).
         self._bucket: float | None = None
         # Why the connection is being ended from outside, if it is: SHUTDOWN
-        # (stop()) or IDLE (the idle sweep).
+        # (stop()) or IDLE (the idle sweep), those very objects (compared with
+        # `is`: the loop checks it on every round).
         self._ending: str | None = None
         self._waiting = _NOT_WAITING
         transport.bind(self)
@@ -170,7 +171,7 @@ class Connection:
                     unyielded = 0
                     continue
                 out = self._take(data)
-                if self._ending == SHUTDOWN:
+                if self._ending is SHUTDOWN:
                     # stop() may have tried to wake the wait just as the data
                     # arrived; the echo is sent after it, bounded by the grace.
                     out = bytes(out)
@@ -203,7 +204,7 @@ class Connection:
                     await trio.lowlevel.checkpoint()
             reason = await self._finish(out)
         except trio.Cancelled:
-            reason = SHUTDOWN if self._ending == SHUTDOWN else CANCELLED
+            reason = SHUTDOWN if self._ending is SHUTDOWN else CANCELLED
             raise
         except Ended as exc:
             reason = exc.reason
@@ -213,7 +214,7 @@ class Connection:
             LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
             reason = RESET
         except trio.ClosedResourceError:
-            if self._ending != IDLE:
+            if self._ending is not IDLE:
                 LOGGER.exception("%s: unexpected error; closing the connection", self.peer)
             else:
                 # Woken by the idle sweep while blocked sending.
@@ -240,7 +241,7 @@ class Connection:
             scope = self._scope = trio.CancelScope(
                 deadline=self._shared.clock.current_time() + step.timeout
             )
-            if self._ending == SHUTDOWN:
+            if self._ending is SHUTDOWN:
                 scope.cancel()
             self._waiting = _RECEIVING
             try:
@@ -249,7 +250,7 @@ class Connection:
             finally:
                 self._waiting = _NOT_WAITING
             if scope.cancelled_caught:
-                raise Ended(SHUTDOWN) if self._ending == SHUTDOWN else step.timed_out(self)
+                raise Ended(SHUTDOWN) if self._ending is SHUTDOWN else step.timed_out(self)
         self._scope = None
 
     def _take(self, data: Data) -> Data:
@@ -273,13 +274,13 @@ class Connection:
     async def _finish(self, unsent: Data) -> str:
         """After the echo loop: echo what a stop left *unsent*, decide the reason, close."""
         protocol = self._protocol
-        if self._ending == SHUTDOWN:
+        if self._ending is SHUTDOWN:
             await self._send(unsent)
             reason = protocol.reason
             if reason is None:
                 reason = SHUTDOWN
                 await self._send(protocol.finish())
-        elif self._ending == IDLE:
+        elif self._ending is IDLE:
             # No progress for idle_timeout, possibly in the middle of an echo.
             reason = IDLE
         else:
@@ -324,7 +325,7 @@ class Connection:
         # times it, and stop() cancels it at once, as a waiting receive.
         self._deadline = math.inf
         scope = self._scope = trio.CancelScope(deadline=deadline)
-        if self._ending == SHUTDOWN:
+        if self._ending is SHUTDOWN:
             return
         self._waiting = _RECEIVING
         try:
