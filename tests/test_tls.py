@@ -15,8 +15,8 @@ import trio.testing
 import trustme
 
 from trio_echo import EchoServer, serve
+from trio_echo._streams import StreamTransport
 from trio_echo._tls import ServerTransport
-from trio_echo._transports import StreamTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (

@@ -13,17 +13,45 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 
+import attrs
 import trio
 
-from ._config import ServerConfig
-from ._connection import Connection, Step
+from ._config import ConnectionConfig, ServerConfig
+from ._connection import Connection
 from ._faults import FaultTransport
 from ._preamble import ProxyHeaderStep
 from ._sockets import format_address
+from ._streams import SocketTransport
 from ._tls import TLSHandshake, TLSTransport
-from ._transports import SocketTransport, Transport
+from ._transports import Step, Transport
 
-__all__ = ["ConnectionFactory", "peer_of"]
+__all__ = ["ConnectionFactory", "Shared", "peer_of"]
+
+
+@attrs.frozen(kw_only=True)
+class Shared:
+    """What the connections of one server share: one slot per connection, not one each.
+
+    Make it with :meth:`of`, inside the trio run the connections run in.
+    """
+
+    config: ConnectionConfig
+    #: ``config.idle_timeout``, read on every wait.
+    idle: float | None
+    clock: trio.abc.Clock
+    #: Called with the connection once it has closed (its ``reason`` set).
+    on_close: Callable[[Connection], None] | None
+
+    @classmethod
+    def of(
+        cls, config: ConnectionConfig, on_close: Callable[[Connection], None] | None = None
+    ) -> Shared:
+        return cls(
+            config=config,
+            idle=config.idle_timeout,
+            clock=trio.lowlevel.current_clock(),
+            on_close=on_close,
+        )
 
 
 class ConnectionFactory:
@@ -31,7 +59,8 @@ class ConnectionFactory:
 
     Holds what a server's connections share: the receive buffer of every
     plain socket, the SSL context, the fault seed and fault counters, and the
-    close callback.
+    connection config, clock and close callback (:class:`Shared`).  Make it
+    inside the trio run that serves the connections.
     """
 
     def __init__(
@@ -45,7 +74,7 @@ class ConnectionFactory:
         self._config = config
         self._ssl_context = ssl_context
         self._fault_events = fault_events
-        self._on_close = on_close
+        self._shared = Shared.of(config.connection, on_close)
         # One receive buffer for every plain-TCP connection (see SocketTransport).
         self._buffer = memoryview(bytearray(config.connection.max_message))
         faults = config.connection.faults
@@ -89,10 +118,8 @@ class ConnectionFactory:
             transport = faulty
         if not steps:
             # The plain path: no list kept per connection.
-            return Connection(transport, config.connection, peer=peer, on_close=self._on_close)
-        return Connection(
-            transport, config.connection, peer=peer, steps=tuple(steps), on_close=self._on_close
-        )
+            return Connection(transport, self._shared, peer=peer)
+        return Connection(transport, self._shared, peer=peer, steps=tuple(steps))
 
 
 def peer_of(stream: trio.SocketStream) -> str:

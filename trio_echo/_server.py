@@ -64,8 +64,10 @@ class EchoServer:
         names = [listener.socket.getsockname() for listener in listeners]
         self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
         self._tally = Tally()
-        # Every open connection, echoing or still in a step before echoing.
-        self._active: set[Connection] = set()
+        # Every open connection, echoing or still in a step before echoing.  A
+        # dict used as a set: at 10,000 entries its table takes about half the
+        # memory of a set's (a set grows fourfold, a dict threefold).
+        self._active: dict[Connection, None] = {}
         self._slots = trio.Semaphore(config.listener.max_connections)
         # One bound method for all connections, not one per connection.
         self._new_connection = ConnectionFactory(
@@ -223,7 +225,7 @@ class EchoServer:
             self._slots.release()
             return
         self._tally.accepted += 1
-        self._active.add(conn)
+        self._active[conn] = None
         if self._stopping:
             conn.stop()
         # Named after the peer, whose string exists anyway: trio would otherwise
@@ -232,7 +234,7 @@ class EchoServer:
 
     def _connection_closed(self, conn: Connection) -> None:
         reason = conn.reason or ERROR
-        self._active.discard(conn)
+        self._active.pop(conn, None)
         self._tally.record_close(conn, reason)
         self._slots.release()
         log_close(conn, reason, faults_on=self._new_connection.faults_on)

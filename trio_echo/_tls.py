@@ -36,7 +36,7 @@ import trio
 from ._config import TLSConfig
 from ._protocol import Data
 from ._reasons import TLS_ERROR
-from ._transports import Ended, Owner, Transport, Wrapper
+from ._transports import Ended, Owner, Transport, WaitScopes, Wrapper
 
 __all__ = ["ServerTransport", "TLSHandshake", "TLSTransport", "server_context"]
 
@@ -180,6 +180,9 @@ class TLSTransport(Wrapper):
 
     def __init__(self, transport: Transport, context: ssl.SSLContext, *, max_bytes: int) -> None:
         super().__init__(transport)
+        # Waking the socket under the SSLStream would break the TLS stream; a
+        # cancelled receive leaves it usable for the close_notify.
+        self._waits = WaitScopes()
         self._ssl = trio.SSLStream(ServerTransport(transport), context, server_side=True)
         self._max_bytes = max_bytes
         self._received: Data | None = None
@@ -200,9 +203,13 @@ class TLSTransport(Wrapper):
         data, self._received = self._received, None
         return data
 
+    def interrupt(self) -> None:
+        self._waits.interrupt()
+
     async def wait_receivable(self) -> None:
         try:
-            self._received = await self._ssl.receive_some(self._max_bytes)
+            with self._waits.waiting():
+                self._received = await self._ssl.receive_some(self._max_bytes)
         except trio.BrokenResourceError as exc:
             raise self._translate(exc) from exc.__cause__
 
@@ -211,7 +218,8 @@ class TLSTransport(Wrapper):
 
     async def send_all(self, data: Data) -> None:
         try:
-            await self._ssl.send_all(data)
+            with self._waits.waiting():
+                await self._ssl.send_all(data)
         except trio.BrokenResourceError as exc:
             raise self._translate(exc) from exc.__cause__
 
