@@ -28,8 +28,10 @@ PUBLIC = {
     "ServerConfig",
     "ServerStatistics",
     "TLSConfig",
+    "ThreadedEchoServer",
     "__version__",
     "serve",
+    "serve_in_thread",
 }
 
 
