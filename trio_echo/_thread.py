@@ -216,7 +216,9 @@ def serve_in_thread(
       block (or ``shutdown()``) stops it.  A ``KeyboardInterrupt`` in the
       block still shuts the server down and joins its thread.
     """
-    resolved = replace_fields(DEFAULT_CONFIG if config is None else config, **overrides)
+    resolved = DEFAULT_CONFIG if config is None else config
+    if overrides:
+        resolved = replace_fields(resolved, **overrides)
     ready = threading.Event()
     status = _Started(ready)
     errors: list[BaseException] = []
