@@ -341,3 +341,26 @@ def test_without_pytest_trio_only_trio_tests_fail_in_one_line(
     result.assert_outcomes(passed=2, errors=1)
     assert MISSING_PYTEST_TRIO in result.stdout.lines  # the whole line, nothing more
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_without_pytest_trio_a_trio_mode_suite_gets_the_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shadow = pytester.mkdir("shadow")
+    (shadow / "pytest_trio.py").write_text("raise ImportError('not installed')\n")
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(
+        test_user="""
+        def test_sync_server(echo_server) -> None:
+            assert echo_server.port > 0
+
+        async def test_trio_server(echo_server) -> None:
+            raise AssertionError("never reached")
+        """
+    )
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:trio", "-p", "no:cacheprovider", "--strict-config", timeout=60
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    assert MISSING_PYTEST_TRIO in result.stdout.lines

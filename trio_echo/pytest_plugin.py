@@ -29,6 +29,7 @@ keywords given to a factory still win.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
@@ -137,12 +138,23 @@ class _ThreadedServers:
 
 
 def _is_trio_test(request: pytest.FixtureRequest) -> bool:
-    """Whether pytest-trio runs this test: the same test pytest-trio makes.
+    """Whether this is a trio test: one pytest-trio runs, or would run if installed.
 
-    pytest-trio marks ``async def`` tests ``trio`` in trio mode at collection,
-    and runs a test's trio fixtures only when it has that marker.
+    pytest-trio runs a test's trio fixtures only when the test has the ``trio``
+    marker, which it adds to ``async def`` tests in trio mode at collection.
+    Without pytest-trio nobody adds it, so a trio-mode ``async def`` test is
+    recognised here from the ini option, to get the one-line message rather
+    than pytest's generic "async def functions are not natively supported".
     """
-    return request.node.get_closest_marker("trio") is not None
+    if request.node.get_closest_marker("trio") is not None:
+        return True
+    if _HAVE_PYTEST_TRIO:
+        return False
+    try:
+        trio_mode = bool(request.config.getini("trio_mode"))
+    except ValueError:  # no plugin registered the option
+        return False
+    return trio_mode and inspect.iscoroutinefunction(getattr(request.node, "obj", None))
 
 
 @pytest.fixture
@@ -207,9 +219,14 @@ except ImportError:
     # trio test that asks for a server is failed with MISSING_PYTEST_TRIO.
     _HAVE_PYTEST_TRIO = False
 
+    def pytest_addoption(parser: pytest.Parser) -> None:
+        # pytest-trio's option, so that a suite configured for it reaches the
+        # fixtures (and their one-line message) under --strict-config.
+        help_text = f"run async tests with trio (needs pytest-trio: {INSTALL})"
+        parser.addini("trio_mode", help_text, type="bool", default=False)
+
     def pytest_configure(config: pytest.Config) -> None:
-        # So that `@pytest.mark.trio` reaches the fixtures (and their one-line
-        # message) under --strict-markers instead of failing collection.
+        # Likewise for `@pytest.mark.trio` under --strict-markers.
         config.addinivalue_line("markers", f"trio: needs pytest-trio ({INSTALL})")
 
 else:
