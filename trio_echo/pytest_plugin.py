@@ -20,7 +20,9 @@ runs in the test's own trio run (pytest-trio's ``trio_fixture``), so it follows
 ``unittest.TestCase``, pytest-asyncio, anyio with either backend) it runs in a
 background thread (:func:`~trio_echo.serve_in_thread`); the factory is then a
 plain callable returning a :class:`~trio_echo.ThreadedEchoServer`.  The
-fixtures themselves are synchronous, so no async plugin ever claims them.
+fixtures themselves are synchronous, so no async plugin ever claims them.  A
+``unittest.TestCase`` run by pytest gets them through an autouse fixture method
+(``def _server(self, echo_server): self.server = echo_server``).
 
 ``TRIO_ECHO_TEST_HOST`` and ``TRIO_ECHO_TEST_PORT`` replace the default
 host (127.0.0.1) and port (0, a free one) of every server the fixtures start;
@@ -133,7 +135,7 @@ class _ThreadedServers:
         return self._stack.enter_context(serve_in_thread(config))
 
     def close(self) -> None:
-        """Shut every server down, last started first; raise the first error."""
+        """Shut every server down, last started first, even if one raises; then raise."""
         self._stack.close()
 
 
