@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import ExitStack
 from typing import Any, Protocol, TypeVar
 
 import pytest
+import trio
 
 from ._config import ListenerConfig, ServerConfig, replace_fields
-from ._server import EchoServer
+from ._server import EchoServer, serve
 from ._thread import ThreadedEchoServer, serve_in_thread
 
 __all__ = [
@@ -236,28 +237,33 @@ else:
     # pytest-trio ships no type information; this is its decorator's real shape.
     _trio_fixture: Callable[[_F], _F] = pytest_trio.trio_fixture
 
-    # Private: reached only through echo_server_factory / echo_server.
+    # Private: reached only through echo_server_factory / echo_server.  They
+    # are plain functions that return the async generator / coroutine that
+    # pytest-trio runs: pytest-asyncio's auto mode claims every `async def`
+    # fixture, and would run these in asyncio (Nursery misnesting) if they were.
     @_trio_fixture
-    async def _trio_echo_server_factory() -> AsyncIterator[EchoServerFactory]:
+    def _trio_echo_server_factory() -> AsyncIterator[EchoServerFactory]:
         """Servers in the test's own trio run, cancelled when the test ends."""
-        import trio
-
-        from ._server import serve
-
-        defaults = default_config()
-        async with trio.open_nursery() as nursery:
-
-            async def start(**overrides: Any) -> EchoServer:
-                config = replace_fields(defaults, **overrides)
-                server: EchoServer = await nursery.start(serve, config)
-                return server
-
-            yield start
-            # pytest-trio has cancelled the test by now if a server failed; the
-            # failure itself propagates out of this nursery and fails the test.
-            nursery.cancel_scope.cancel()
+        return _servers_in_this_run(default_config())
 
     @_trio_fixture
-    async def _trio_echo_server(_trio_echo_server_factory: EchoServerFactory) -> EchoServer:
+    def _trio_echo_server(
+        _trio_echo_server_factory: EchoServerFactory,
+    ) -> Coroutine[Any, Any, EchoServer]:
         """A default server in the test's own trio run."""
-        return await _trio_echo_server_factory()
+        return _trio_echo_server_factory()
+
+
+async def _servers_in_this_run(defaults: ServerConfig) -> AsyncIterator[EchoServerFactory]:
+    """The trio factory fixture's body: start servers in a nursery of the test's run."""
+    async with trio.open_nursery() as nursery:
+
+        async def start(**overrides: Any) -> EchoServer:
+            config = replace_fields(defaults, **overrides)
+            server: EchoServer = await nursery.start(serve, config)
+            return server
+
+        yield start
+        # pytest-trio has cancelled the test by now if a server failed; the
+        # failure itself propagates out of this nursery and fails the test.
+        nursery.cancel_scope.cancel()
