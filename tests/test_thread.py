@@ -42,11 +42,17 @@ def test_ready_on_enter_and_stopped_on_exit() -> None:
 
 def test_overrides_apply_on_top_of_a_config() -> None:
     config = ServerConfig(listener=ListenerConfig(host="127.0.0.1", port=0, grace=0))
-    with serve_in_thread(config, rounds=1, framing="line") as server:
+    with serve_in_thread(config=config, rounds=1, framing="line") as server:
         assert server.config.listener.grace == 0
         assert server.config.connection.rounds == 1
         assert echo_once(server.host, server.port, b"a\nb\n") == b"a\n"
         assert server.statistics().closed_by_reason == {"rounds": 1}
+
+
+def test_config_by_position_without_overrides() -> None:
+    config = ServerConfig(listener=ListenerConfig(host="127.0.0.1", port=0, backlog=7))
+    with serve_in_thread(config) as server:
+        assert server.config is config
 
 
 def test_start_errors_raise_in_the_callers_thread() -> None:

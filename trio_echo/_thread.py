@@ -182,7 +182,7 @@ async def _serve(config: ServerConfig, status: _Started) -> None:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    config: ServerConfig | None = None, /, **overrides: Any
+    config: ServerConfig | None = None, **overrides: Any
 ) -> Iterator[ThreadedEchoServer]:
     """Run an echo server in a background thread (its own trio run) for the ``with`` block.
 
