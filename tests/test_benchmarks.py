@@ -122,3 +122,25 @@ def test_load_generators_catch_a_wrong_byte(tmp_path: Path, mode: str) -> None:
             server.join(10)
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         assert json.loads(done.stdout)["error"].startswith("echo mismatch")
+
+
+def test_thread_server_benchmark_runs(tmp_path: Path) -> None:
+    # benchmarks/thread_server.py end to end, at a token size: figures printed, no timing asserted.
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "thread_server.py"),
+            "--cycles",
+            "3",
+            "--tests",
+            "3",
+            "--suite-runs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "serve_in_thread start-to-ready + shutdown, 3 cycles: median" in done.stdout
+    assert "3 sync tests, median of 1 runs:" in done.stdout

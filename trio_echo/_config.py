@@ -9,6 +9,7 @@ explicitly; nothing reads configuration from anywhere else.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import typing
@@ -372,7 +373,8 @@ def replace_fields(config: _Config, **overrides: Any) -> _Config:
       TypeError: for a name that no config class has, or that more than one has.
       ValueError, TypeError: from the validators, naming the field.
     """
-    paths = _field_paths(type(config))
+    config_class: type = type(config)
+    paths = _field_paths(config_class)
     by_path: dict[tuple[str, ...], Any] = {}
     for name, value in overrides.items():
         found = paths.get(name, [])
@@ -390,6 +392,9 @@ def replace_fields(config: _Config, **overrides: Any) -> _Config:
     return evolved
 
 
+# Cached: resolving type hints costs milliseconds, and a test suite may start a
+# server per test (callers only read the result).
+@functools.cache
 def _field_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, list[tuple[str, ...]]]:
     """Every field name reachable from *cls*, with each path that leads to it."""
     paths: dict[str, list[tuple[str, ...]]] = {}

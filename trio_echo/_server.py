@@ -88,6 +88,11 @@ class EchoServer:
         return self._addresses
 
     @property
+    def host(self) -> str:
+        """The bound address of the first listener (as ``addresses[0][0]``)."""
+        return self.addresses[0][0]
+
+    @property
     def port(self) -> int:
         """The bound port of the first listener (the real one when configured as ``0``)."""
         return self.addresses[0][1]
