@@ -22,6 +22,7 @@ from typing import Literal, NoReturn, TypeVar
 
 import attrs
 
+from ._cli_ops import Endpoint, add_operations_options, check_metrics_available
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
 from ._sockets import has_reuseport
 from ._units import parse_duration, parse_rate, parse_size
@@ -54,6 +55,11 @@ class ProcessOptions:
     """Seconds between ``stats`` log lines (``None``: none)."""
     log_level: str
     log_format: LogFormat
+    # ---- operations (issue 16) ----
+    metrics: Endpoint | None = None
+    """Where to serve /metrics, /healthz and /readyz (``--metrics``), or ``None``."""
+    stats_fd: int | None = None
+    """For a worker under a ``--metrics`` supervisor: the pipe for its reports."""
 
 
 def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
@@ -204,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the server's statistics every DURATION (> 0; default: off)",
     )
     _add_fault_options(parser)
+    add_operations_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     add(
         "--log-format",
@@ -324,7 +331,11 @@ def options_from_args(
     # A worker's command line repeats the parent's --host/--port next to its --fd.
     if args.fd and worker_of is None and (args.host is not None or args.port is not None):
         parser.error("argument --fd: not allowed with --host or --port")
+    if args.metrics is not None and (missing := check_metrics_available()):
+        parser.error(f"argument --metrics: {missing}")
     return ProcessOptions(
+        metrics=args.metrics,
+        stats_fd=args.stats_fd,
         arguments=tuple(arguments),
         workers=args.workers,
         fds=None if args.fd is None else tuple(args.fd),

@@ -15,10 +15,14 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._cli import ProcessOptions
+from ._cli_ops import Endpoint
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
@@ -33,6 +37,9 @@ from ._sockets import (
 from ._stats import ServerStatistics
 from ._supervisor import Supervisor, WorkerSpec, die_with_parent
 from ._tls import server_context
+
+if TYPE_CHECKING:
+    from ._metrics import Snapshot
 
 __all__ = ["run"]
 
@@ -65,7 +72,7 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
         sockets = _inherited_sockets(options.fds)
         if options.workers > 1:
             return _supervise(config, options, sockets)
-        return _serve_here(config, sockets or None, options.stats_interval)
+        return _serve_here(config, sockets or None, options)
     except StartupError as exc:
         report_startup_error(str(exc), options.log_format)
         return EXIT_FAILURE
@@ -100,14 +107,19 @@ def _inherited_sockets(fds: tuple[int, ...] | None) -> list[socket.socket]:
 
 
 def _serve_here(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+    config: ServerConfig, sockets: list[socket.socket] | None, options: ProcessOptions
 ) -> int:
     """Serve in this process until a signal; return the exit status."""
     raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
+    # A worker's metrics are its supervisor's to serve (from its reports).
+    metrics = options.metrics if options.worker_of is None else None
+    ops = _Operations(metrics=metrics, stats_fd=options.stats_fd)
     try:
-        stats = trio.run(_serve_until_signalled, config, sockets, stats_interval)
+        stats = trio.run(_serve_until_signalled, config, sockets, options.stats_interval, ops)
+    except* StartupError as group:
+        raise _first(group) from None
     except* OSError as group:
         failure = _first_os_error(group)
     except* KeyboardInterrupt:
@@ -128,15 +140,82 @@ def _serve_here(
     return EXIT_OK
 
 
+class _Operations:
+    """What a serving process does for operators besides echoing (``--metrics``,
+    a worker's reports to its supervisor)."""
+
+    def __init__(self, *, metrics: Endpoint | None = None, stats_fd: int | None = None) -> None:
+        self.metrics = metrics
+        self.stats_fd = stats_fd
+        self.server: EchoServer | None = None
+
+    async def start_metrics(self, nursery: trio.Nursery) -> None:
+        """Start the metrics listener, if any, before the server (``/readyz`` 503 until then).
+
+        Raises:
+          StartupError: the metrics address cannot be bound.
+        """
+        if self.metrics is None:
+            return
+        from ._metrics import Snapshot
+
+        def source() -> Snapshot | None:
+            return None if self.server is None else Snapshot(total=self.server.statistics())
+
+        def ready() -> bool:
+            return self.server is not None and self.server.ready
+
+        await _start_metrics(nursery, self.metrics, source, ready)
+
+    def start_reports(self, nursery: trio.Nursery, server: EchoServer) -> None:
+        self.server = server
+        if self.stats_fd is not None:
+            from ._workerstats import report_to_supervisor
+
+            def status() -> tuple[bool, ServerStatistics]:
+                return server.ready, server.statistics()
+
+            nursery.start_soon(report_to_supervisor, self.stats_fd, status)
+
+
+async def _start_metrics(
+    nursery: trio.Nursery,
+    endpoint: Endpoint,
+    source: Callable[[], Snapshot | None],
+    ready: Callable[[], bool],
+) -> None:
+    from ._operations import serve_operations
+
+    host, port = endpoint
+    try:
+        await nursery.start(
+            functools.partial(
+                serve_operations, host, port, source=source, ready=ready, start_time=START_TIME
+            )
+        )
+    except OSError as exc:
+        where = f"{'*' if host is None else host}:{port}"
+        raise StartupError(f"cannot serve metrics on {where}: {_describe(exc)}") from None
+
+
+# When this process started (trio_echo_process_start_time_seconds).
+START_TIME = time.time()
+
+
 async def _serve_until_signalled(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+    config: ServerConfig,
+    sockets: list[socket.socket] | None,
+    stats_interval: float | None,
+    ops: _Operations | None = None,
 ) -> ServerStatistics:
     """Serve until a signal: the first shuts down gracefully, a second at once."""
+    ops = ops or _Operations()
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
     with shutdown_signals() as signals:
         async with trio.open_nursery() as nursery:
+            await ops.start_metrics(nursery)
             server: EchoServer = await nursery.start(
                 functools.partial(serve, config, listeners=listeners)
             )
@@ -154,6 +233,7 @@ async def _serve_until_signalled(
                     dispatch_signals, signals, graceful=graceful, immediate=immediate
                 )
             )
+            ops.start_reports(nursery, server)
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)
             await server.wait_stopped()
@@ -178,28 +258,71 @@ def _supervise(
     LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
     parent = os.getpid()
     specs = []
+    # --metrics: one pipe per worker number for its statistics reports; the
+    # write end stays open here, so that a restarted worker gets it too.
+    pipes = {number: os.pipe() for number in range(1, workers + 1)} if options.metrics else {}
     for number, group in enumerate(groups, start=1):
         fds = tuple(sock.fileno() for sock in group)
         # Explicit --fd options are already in the arguments, with the same numbers.
         fd_options = [] if options.fds else [f"--fd={fd}" for fd in fds]
+        stats_options: list[str] = []
+        if number in pipes:
+            stats_options = [f"--stats-fd={pipes[number][1]}"]
+            fds = (*fds, pipes[number][1])
         command = (
             sys.executable,
             "-m",
             "trio_echo",
             *options.arguments,
             *fd_options,
+            *stats_options,
             "--workers=1",
             f"--worker-of={parent}:{number}",
         )
         specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
     sockets = list({id(sock): sock for group in groups for sock in group}.values())
-    supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
-    return trio.run(supervisor.run)
+    if not options.metrics:
+        supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
+        return trio.run(supervisor.run)
+    from ._workerstats import WorkerReports
+
+    reports = WorkerReports()
+    supervisor = Supervisor(
+        specs, grace=config.listener.grace, sockets=sockets, on_exit=reports.worker_stopped
+    )
+    endpoint = options.metrics
+
+    async def supervise_with_metrics() -> int:
+        async with trio.open_nursery() as nursery:
+            await _start_metrics(
+                nursery,
+                endpoint,
+                reports.snapshot,
+                lambda: reports.any_ready and not supervisor.stopping,
+            )
+            for number, (read_end, _) in pipes.items():
+                nursery.start_soon(reports.read, number, read_end)
+            status = await supervisor.run()
+            nursery.cancel_scope.cancel()
+        return status
+
+    try:
+        return trio.run(supervise_with_metrics)
+    except* StartupError as group:
+        raise _first(group) from None
 
 
 def _where(config: ServerConfig) -> str:
     host = config.listener.host
     return f"{'*' if host is None else host}:{config.listener.port}"
+
+
+def _first(group: BaseExceptionGroup[StartupError]) -> StartupError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, StartupError)
+    return exc
 
 
 def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:

@@ -90,6 +90,12 @@ class EchoServer:
         """The bound port of the first listener (the real one when configured as ``0``)."""
         return self.addresses[0][1]
 
+    @property
+    def ready(self) -> bool:
+        """Whether the server accepts new clients: ``True`` once listening,
+        ``False`` from the moment a shutdown is requested (``/readyz``)."""
+        return not (self._stop_requested.is_set() or self._stopped.is_set())
+
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot of the server's counters, open connections included.
 

@@ -1,0 +1,77 @@
+"""The command line's operations options: ``--metrics`` and what it needs (parsing only).
+
+Kept apart from :mod:`trio_echo._cli` so that the parser's core stays about
+echoing; like it, this module imports neither trio nor the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import ipaddress
+
+__all__ = ["METRICS_EXTRA", "add_operations_options", "check_metrics_available", "parse_endpoint"]
+
+METRICS_EXTRA = "--metrics needs h11 and prometheus_client: pip install 'trio-echo[metrics]'"
+
+Endpoint = tuple[str | None, int]
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``*:PORT`` (every address), or a
+    bare ``PORT`` (127.0.0.1) -> ``(host, port)``; ``None`` binds every address.
+
+    Raises:
+      ValueError: not one of those forms, or a port outside 0-65535.
+    """
+    host: str | None
+    if text.isdigit():
+        host, port = "127.0.0.1", text
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT or PORT, got {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"not an IPv6 address in brackets: {text!r}") from None
+        elif ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets, like [::1]:9100; got {text!r}")
+        host = None if host in ("", "*") else host
+    if int(port) > 65535:
+        raise ValueError(f"a port is between 0 and 65535, got {port}")
+    return host, int(port)
+
+
+def _endpoint(text: str) -> Endpoint:
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_endpoint.__name__ = "endpoint"
+
+
+def add_operations_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--metrics`` (and the workers' internal ``--stats-fd``) to *parser*."""
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics",
+        type=_endpoint,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz over HTTP on HOST:PORT "
+        "(a bare PORT is 127.0.0.1:PORT; :PORT is every address) (default: off)",
+    )
+    # Internal: the --workers parent's pipe for this worker's statistics reports.
+    ops.add_argument("--stats-fd", type=int, help=argparse.SUPPRESS)
+
+
+def check_metrics_available() -> str | None:
+    """``None`` if the metrics extra is installed, else the one-line reason."""
+    for module in ("h11", "prometheus_client"):
+        if importlib.util.find_spec(module) is None:
+            return METRICS_EXTRA
+    return None
