@@ -24,6 +24,7 @@ import attrs
 
 from ._cli_ops import Endpoint, add_operations_options, check_metrics_available
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
+from ._settings import arguments_from_environment, document_environment
 from ._sockets import has_reuseport
 from ._units import parse_duration, parse_rate, parse_size
 from ._version import __version__
@@ -60,6 +61,8 @@ class ProcessOptions:
     """Where to serve /metrics, /healthz and /readyz (``--metrics``), or ``None``."""
     stats_fd: int | None = None
     """For a worker under a ``--metrics`` supervisor: the pipe for its reports."""
+    warnings: tuple[str, ...] = ()
+    """Unknown ``TRIO_ECHO_*`` variables, to log once logging is set up."""
 
 
 def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
@@ -113,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="A TCP echo server built on trio.  Durations take ms or s "
         "(500ms, 1.5s; a plain number is seconds); sizes take B, KiB, MiB or GiB "
         "(64KiB; a plain number is bytes).",
-        epilog="SIGINT or SIGTERM shuts down gracefully; a second one stops at once.",
+        epilog="SIGINT or SIGTERM shuts down gracefully; a second one stops at once.  "
+        "Every option can also be set by the environment variable shown with it "
+        "(flags take 1/0, true/false, yes/no, on/off; --fd a comma-separated list); "
+        "the command line wins; other TRIO_ECHO_* variables are ignored with a warning.",
     )
     add = parser.add_argument
     add(
@@ -221,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--version", action="version", version=f"%(prog)s {__version__}")
     # Internal: set by the --workers parent on the command lines of its workers.
     add("--worker-of", metavar="PID:NUMBER", help=argparse.SUPPRESS)
+    document_environment(parser)
     return parser
 
 
@@ -364,12 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(arguments)
+    # TRIO_ECHO_* variables become arguments before the command line's: it wins.
+    from_environment, warnings = arguments_from_environment(parser, os.environ, arguments)
+    args = parser.parse_args([*from_environment, *arguments])
     try:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.error(f"argument {_option_for(str(exc))}: {exc}")
-    options = options_from_args(parser, args, arguments)
+    options = attrs.evolve(options_from_args(parser, args, arguments), warnings=tuple(warnings))
     # Imported only now: it brings in trio, which --help and --version do not need.
     from ._roles import run
 

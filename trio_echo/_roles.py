@@ -27,6 +27,7 @@ from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
 from ._server import EchoServer, serve
+from ._settings import configuration_in_effect
 from ._signals import dispatch_signals, shutdown_signals
 from ._sockets import (
     bind_reuseport_groups,
@@ -64,6 +65,8 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
     if options.worker_of is not None:
         process = f"worker {options.worker_of[1]}"
     configure_logging(options.log_level, options.log_format, process)
+    for warning in options.warnings:
+        LOGGER.warning("%s", warning)
     if options.worker_of is not None and not die_with_parent(options.worker_of[0]):
         LOGGER.error("the supervisor (pid %d) is gone; not starting", options.worker_of[0])
         return EXIT_FAILURE
@@ -76,6 +79,27 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
     except StartupError as exc:
         report_startup_error(str(exc), options.log_format)
         return EXIT_FAILURE
+
+
+def _log_configuration(config: ServerConfig, options: ProcessOptions) -> None:
+    """One line (one ``config`` event) with every setting in effect; paths, never contents."""
+    metrics = None
+    if options.metrics is not None:
+        host, port = options.metrics
+        metrics = f"{'*' if host is None else host}:{port}"
+    settings = configuration_in_effect(
+        config,
+        {
+            "workers": options.workers,
+            "fds": options.fds,
+            "metrics": metrics,
+            "stats_interval": options.stats_interval,
+            "log_level": options.log_level,
+            "log_format": options.log_format,
+        },
+    )
+    text = " ".join(f"{name}={value}" for name, value in settings.items())
+    LOGGER.info("configuration: %s", text, extra=event("config", **settings))
 
 
 def _check_tls_files(config: ServerConfig) -> None:
@@ -116,6 +140,9 @@ def _serve_here(
     # A worker's metrics are its supervisor's to serve (from its reports).
     metrics = options.metrics if options.worker_of is None else None
     ops = _Operations(metrics=metrics, stats_fd=options.stats_fd)
+    if options.worker_of is None:
+        # Logged once the server listens: a start-up failure stays the only line.
+        ops.on_started = functools.partial(_log_configuration, config, options)
     try:
         stats = trio.run(_serve_until_signalled, config, sockets, options.stats_interval, ops)
     except* StartupError as group:
@@ -148,6 +175,8 @@ class _Operations:
         self.metrics = metrics
         self.stats_fd = stats_fd
         self.server: EchoServer | None = None
+        #: Called once the server listens.
+        self.on_started: Callable[[], None] | None = None
 
     async def start_metrics(self, nursery: trio.Nursery) -> None:
         """Start the metrics listener, if any, before the server (``/readyz`` 503 until then).
@@ -169,6 +198,8 @@ class _Operations:
 
     def start_reports(self, nursery: trio.Nursery, server: EchoServer) -> None:
         self.server = server
+        if self.on_started is not None:
+            self.on_started()
         if self.stats_fd is not None:
             from ._workerstats import report_to_supervisor
 
@@ -255,6 +286,7 @@ def _supervise(
             groups = bind_reuseport_groups(listener.host, listener.port, workers, listener.backlog)
         except OSError as exc:
             raise StartupError(f"cannot listen on {_where(config)}: {_describe(exc)}") from None
+    _log_configuration(config, options)
     LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
     parent = os.getpid()
     specs = []
