@@ -37,8 +37,10 @@ def test_defaults() -> None:
             "reset_after": None,
             "seed": None,
         },
+        "hello": None,
     }
     assert not config.connection.faults.enabled
+    assert config.worker == 0
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ means one more wrapper here, not a class per combination.
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 import ssl
@@ -18,6 +19,7 @@ import trio
 from ._config import ServerConfig
 from ._connection import Connection, Step
 from ._faults import FaultTransport
+from ._hello import HelloStep, render_hello
 from ._preamble import ProxyHeaderStep
 from ._sockets import format_address
 from ._tls import TLSHandshake, TLSTransport
@@ -55,6 +57,8 @@ class ConnectionFactory:
         self.fault_seed = faults.seed
         if self.fault_seed is None and faults.jitter:
             self.fault_seed = random.SystemRandom().randrange(2**32)
+        # --hello: the greeting for each local port, rendered once.
+        self._greetings: dict[int, bytes] = {}
 
     def __call__(self, stream: trio.SocketStream) -> Connection:
         """The connection for *stream*, which it takes over.
@@ -78,6 +82,8 @@ class ConnectionFactory:
             )
             steps.append(TLSHandshake(tls, config.tls.handshake_timeout))
             transport = tls
+        if config.connection.hello is not None:
+            steps.append(self._hello_step(transport, sock))
         if self.faults_on:
             faulty = FaultTransport(
                 transport,
@@ -93,6 +99,18 @@ class ConnectionFactory:
         return Connection(
             transport, config.connection, peer=peer, steps=tuple(steps), on_close=self._on_close
         )
+
+    def _hello_step(self, transport: Transport, sock: socket.socket) -> HelloStep:
+        """The greeting step, sent below the faults (a greeting is not an echo)."""
+        config = self._config
+        assert config.connection.hello is not None
+        port = int(sock.getsockname()[1])
+        greeting = self._greetings.get(port)
+        if greeting is None:
+            greeting = render_hello(config.connection.hello, port=port, worker=config.worker)
+            self._greetings[port] = greeting
+        idle = config.connection.idle_timeout
+        return HelloStep(transport, greeting, math.inf if idle is None else idle)
 
 
 def peer_of(stream: trio.SocketStream) -> str:

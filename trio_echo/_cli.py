@@ -310,8 +310,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_message=args.max_message,
             idle_timeout=None if args.idle_timeout == 0 else args.idle_timeout,
             faults=Faults(**{name: getattr(args, name) for name in _fault_fields()}),
+            hello=args.hello,
         ),
+        worker=_worker_number(args.worker_of),
     )
+
+
+def _worker_number(worker_of: str | None) -> int:
+    """The NUMBER of ``--worker-of PID:NUMBER`` (0 if absent or malformed: that
+    is a usage error that options_from_args reports)."""
+    number = (worker_of or "").partition(":")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def _fault_fields() -> list[str]:

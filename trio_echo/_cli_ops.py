@@ -55,9 +55,33 @@ def _endpoint(text: str) -> Endpoint:
 _endpoint.__name__ = "endpoint"
 
 
+#: Backslash escapes --hello understands (a shell passes "\\n" as two characters).
+ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """*text* with ``\\n``, ``\\r``, ``\\t`` and ``\\\\`` replaced; other backslashes kept."""
+    out = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append(ESCAPES.get(following, char + following))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def add_operations_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--metrics`` (and the workers' internal ``--stats-fd``) to *parser*."""
+    """Add the operations options (and the workers' internal ``--stats-fd``) to *parser*."""
     ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--hello",
+        type=unescape,
+        metavar="TEXT",
+        help="send TEXT once when a connection opens, before any echo; placeholders "
+        "{hostname}, {pid}, {worker}, {port}; \\n, \\r, \\t are escapes (default: off)",
+    )
     ops.add_argument(
         "--metrics",
         type=_endpoint,

@@ -210,6 +210,12 @@ class Faults:
         )
 
 
+def _hello_template(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    from ._hello import check_hello
+
+    check_hello(value)
+
+
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
     """What each connection task needs to run the echo loop.
@@ -248,6 +254,17 @@ class ConnectionConfig:
 
     faults: Faults = attrs.field(factory=Faults, validator=_instance_of(Faults, what="a Faults"))
     """Misbehaviour to inject on purpose (see :class:`Faults`); all off by default."""
+
+    # ---- operations (issue 16) ----
+
+    hello: str | None = attrs.field(
+        default=None, validator=_optional([_instance_of(str, what="a str"), _hello_template])
+    )
+    """Send this text (UTF-8) once when a connection opens, before any echo; ``None``
+    (the default) keeps the echo pure.  Placeholders ``{hostname}``, ``{pid}``,
+    ``{worker}`` (:attr:`ServerConfig.worker`) and ``{port}`` (the local port the client
+    reached) name the answering server; ``{{`` and ``}}`` are literal braces.  Not an
+    echo: it counts in neither rounds nor bytes out."""
 
 
 @attrs.frozen(kw_only=True)
@@ -353,6 +370,10 @@ class ServerConfig:
         validator=_optional(_instance_of(TLSConfig, what="a TLSConfig or None")),
     )
     """Serve over TLS with this configuration; ``None`` serves plain TCP."""
+
+    worker: int = attrs.field(default=0, validator=_int_in_range(0))
+    """This server's number among ``--workers`` (1 to N), shown as ``{worker}`` in
+    :attr:`ConnectionConfig.hello` and the metrics; ``0`` for a server that is not a worker."""
 
 
 _Config = TypeVar("_Config")
