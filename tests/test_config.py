@@ -20,6 +20,9 @@ def test_defaults() -> None:
         "grace": 5.0,
         "proxy_protocol": False,
         "proxy_timeout": 3.0,
+        "proxy_trusted": None,
+        "max_connections_per_ip": None,
+        "connection_rate_per_ip": None,
     }
     assert attrs.asdict(config.connection) == {
         "rounds": None,

@@ -7,6 +7,7 @@ means one more wrapper here, not a class per combination.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import socket
@@ -16,11 +17,13 @@ from collections.abc import Callable
 
 import trio
 
+from ._admission import AddressLimits, PerAddressStep, Refuse, Warnings, host_of, is_trusted
 from ._config import ServerConfig
 from ._connection import Connection, Step
 from ._faults import FaultTransport
 from ._hello import HelloStep, render_hello
 from ._preamble import ProxyHeaderStep
+from ._reasons import PROXY_UNTRUSTED
 from ._sockets import format_address
 from ._tls import TLSHandshake, TLSTransport
 from ._transports import SocketTransport, Transport
@@ -59,6 +62,21 @@ class ConnectionFactory:
             self.fault_seed = random.SystemRandom().randrange(2**32)
         # --hello: the greeting for each local port, rendered once.
         self._greetings: dict[int, bytes] = {}
+        # Admission (--proxy-trusted, per-address limits).
+        listener = config.listener
+        self._trusted = None
+        if listener.proxy_trusted is not None:
+            self._trusted = [ipaddress.ip_network(c, strict=False) for c in listener.proxy_trusted]
+        self._refusals = Warnings()
+        self._limits = None
+        if listener.max_connections_per_ip or listener.connection_rate_per_ip:
+            self._limits = AddressLimits(
+                max_open=listener.max_connections_per_ip, rate=listener.connection_rate_per_ip
+            )
+
+    def replace_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Serve new connections with *context* (open ones keep theirs)."""
+        self._ssl_context = context
 
     def __call__(self, stream: trio.SocketStream) -> Connection:
         """The connection for *stream*, which it takes over.
@@ -74,8 +92,18 @@ class ConnectionFactory:
         base = SocketTransport(sock, buffer=self._buffer)
         transport: Transport = base
         steps: list[Step] = []
+        on_close = self._on_close
         if config.listener.proxy_protocol:
+            if self._trusted is not None and not is_trusted(host_of(peer), self._trusted):
+                refuse = Refuse(PROXY_UNTRUSTED, self._refusals, "not a trusted PROXY source")
+                return Connection(
+                    base, config.connection, peer=peer, steps=(refuse,), on_close=on_close
+                )
             steps.append(ProxyHeaderStep(base, config.listener.proxy_timeout))
+        if self._limits is not None:
+            admission = PerAddressStep(self._limits, on_close)
+            steps.append(admission)
+            on_close = admission.closed
         if self._ssl_context is not None and config.tls is not None:
             tls = TLSTransport(
                 transport, self._ssl_context, max_bytes=config.connection.max_message
@@ -95,9 +123,9 @@ class ConnectionFactory:
             transport = faulty
         if not steps:
             # The plain path: no list kept per connection.
-            return Connection(transport, config.connection, peer=peer, on_close=self._on_close)
+            return Connection(transport, config.connection, peer=peer, on_close=on_close)
         return Connection(
-            transport, config.connection, peer=peer, steps=tuple(steps), on_close=self._on_close
+            transport, config.connection, peer=peer, steps=tuple(steps), on_close=on_close
         )
 
     def _hello_step(self, transport: Transport, sock: socket.socket) -> HelloStep:

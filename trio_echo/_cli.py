@@ -283,6 +283,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "keyfile": args.keyfile,
         "client_ca": args.tls_client_ca,
         "handshake_timeout": args.tls_handshake_timeout,
+        "min_version": args.tls_min_version,
     }
     given = {name: value for name, value in tls_options.items() if value is not None}
     tls = None
@@ -290,7 +291,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls = TLSConfig(certfile=args.certfile, **given)
     elif given:
         raise ValueError(
-            "certfile is required by --keyfile, --tls-client-ca and --tls-handshake-timeout"
+            "certfile is required by --keyfile, --tls-client-ca, --tls-min-version "
+            "and --tls-handshake-timeout"
         )
     return ServerConfig(
         tls=tls,
@@ -303,6 +305,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             proxy_timeout=(
                 defaults.proxy_timeout if args.proxy_timeout is None else args.proxy_timeout
             ),
+            proxy_trusted=args.proxy_trusted,
+            max_connections_per_ip=args.max_connections_per_ip,
+            connection_rate_per_ip=args.connection_rate_per_ip,
         ),
         connection=ConnectionConfig(
             rounds=args.rounds,
@@ -363,7 +368,11 @@ def options_from_args(
 
 
 # Config fields whose option is not simply --field-name.
-OPTION_FOR_FIELD = {"client_ca": "--tls-client-ca", "handshake_timeout": "--tls-handshake-timeout"}
+OPTION_FOR_FIELD = {
+    "client_ca": "--tls-client-ca",
+    "handshake_timeout": "--tls-handshake-timeout",
+    "min_version": "--tls-min-version",
+}
 
 
 def _option_for(message: str) -> str:

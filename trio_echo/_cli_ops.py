@@ -72,6 +72,36 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    networks = tuple(part.strip() for part in text.split(",") if part.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{network!r} is not a network like 10.0.0.0/8 or fd00::/8"
+            ) from None
+    if not networks:
+        raise argparse.ArgumentTypeError("expected CIDR[,CIDR...], got nothing")
+    return networks
+
+
+_networks.__name__ = "networks"
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text.removesuffix("/s"))
+    except ValueError:
+        rate = -1.0
+    if not (0 < rate < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected connections per second > 0, got {text!r}")
+    return rate
+
+
+_rate.__name__ = "rate"
+
+
 def add_operations_options(parser: argparse.ArgumentParser) -> None:
     """Add the operations options (and the workers' internal ``--stats-fd``) to *parser*."""
     ops = parser.add_argument_group("operations")
@@ -88,6 +118,32 @@ def add_operations_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics, /healthz and /readyz over HTTP on HOST:PORT "
         "(a bare PORT is 127.0.0.1:PORT; :PORT is every address) (default: off)",
+    )
+    ops.add_argument(
+        "--proxy-trusted",
+        type=_networks,
+        metavar="CIDR[,CIDR...]",
+        help="with --proxy-protocol, honour PROXY headers only from these networks; "
+        "close connections from elsewhere (reason proxy-untrusted) (default: any source)",
+    )
+    ops.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        metavar="N",
+        help="at most N connections open at once per client address; more are closed "
+        "(reason per-ip-limit) (default: no limit)",
+    )
+    ops.add_argument(
+        "--connection-rate-per-ip",
+        type=_rate,
+        metavar="R",
+        help="at most R new connections per second per client address, bursts of max(1, R); "
+        "more are closed (reason per-ip-rate) (default: no limit)",
+    )
+    ops.add_argument(
+        "--tls-min-version",
+        choices=("1.2", "1.3"),
+        help="oldest TLS version accepted (needs --certfile; default: 1.2)",
     )
     # Internal: the --workers parent's pipe for this worker's statistics reports.
     ops.add_argument("--stats-fd", type=int, help=argparse.SUPPRESS)

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -233,6 +233,13 @@ async def _start_metrics(
 START_TIME = time.time()
 
 
+async def _reload_on_sighup(hangups: AsyncIterator[int], reload: Callable[[], object]) -> None:
+    """On each SIGHUP, re-read the TLS files (a worker: its supervisor forwards it)."""
+    async for _ in hangups:
+        LOGGER.info("SIGHUP received: reloading TLS files")
+        reload()
+
+
 async def _serve_until_signalled(
     config: ServerConfig,
     sockets: list[socket.socket] | None,
@@ -244,7 +251,8 @@ async def _serve_until_signalled(
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-    with shutdown_signals() as signals:
+    # SIGHUP's receiver is open from the start: its default action would end the process.
+    with shutdown_signals() as signals, trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async with trio.open_nursery() as nursery:
             await ops.start_metrics(nursery)
             server: EchoServer = await nursery.start(
@@ -265,6 +273,7 @@ async def _serve_until_signalled(
                 )
             )
             ops.start_reports(nursery, server)
+            nursery.start_soon(_reload_on_sighup, hangups, server.reload_tls)
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)
             await server.wait_stopped()
@@ -313,33 +322,42 @@ def _supervise(
         )
         specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
     sockets = list({id(sock): sock for group in groups for sock in group}.values())
-    if not options.metrics:
-        supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
-        return trio.run(supervisor.run)
-    from ._workerstats import WorkerReports
+    reports = None
+    if options.metrics:
+        from ._workerstats import WorkerReports
 
-    reports = WorkerReports()
+        reports = WorkerReports()
     supervisor = Supervisor(
-        specs, grace=config.listener.grace, sockets=sockets, on_exit=reports.worker_stopped
+        specs,
+        grace=config.listener.grace,
+        sockets=sockets,
+        on_exit=None if reports is None else reports.worker_stopped,
     )
     endpoint = options.metrics
 
-    async def supervise_with_metrics() -> int:
-        async with trio.open_nursery() as nursery:
-            await _start_metrics(
-                nursery,
-                endpoint,
-                reports.snapshot,
-                lambda: reports.any_ready and not supervisor.stopping,
-            )
-            for number, (read_end, _) in pipes.items():
-                nursery.start_soon(reports.read, number, read_end)
-            status = await supervisor.run()
-            nursery.cancel_scope.cancel()
+    async def supervise() -> int:
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            async with trio.open_nursery() as nursery:
+                if endpoint is not None and reports is not None:
+                    await _start_metrics(
+                        nursery,
+                        endpoint,
+                        reports.snapshot,
+                        lambda: reports.any_ready and not supervisor.stopping,
+                    )
+                    for number, (read_end, _) in pipes.items():
+                        nursery.start_soon(reports.read, number, read_end)
+
+                def forward() -> None:
+                    supervisor.signal_workers(signal.SIGHUP)
+
+                nursery.start_soon(_reload_on_sighup, hangups, forward)
+                status = await supervisor.run()
+                nursery.cancel_scope.cancel()
         return status
 
     try:
-        return trio.run(supervise_with_metrics)
+        return trio.run(supervise)
     except* StartupError as group:
         raise _first(group) from None
 

@@ -168,6 +168,10 @@ class Supervisor:
             del self._running[spec.number]
         return process.wait()
 
+    def signal_workers(self, signum: int) -> None:
+        """Send *signum* to every running worker (``SIGHUP``: reload TLS files)."""
+        self._signal_all(signum)
+
     def _signal_all(self, signum: int) -> None:
         for process in list(self._running.values()):
             # send_signal() skips a child it has already reaped.
