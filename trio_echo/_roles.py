@@ -15,19 +15,15 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
 
 import trio
 
 from ._cli import ProcessOptions
-from ._cli_ops import Endpoint
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
+from ._process_ops import ProcessOperations, log_configuration, reload_on_sighup, start_metrics
 from ._server import EchoServer, serve
-from ._settings import configuration_in_effect
 from ._signals import dispatch_signals, shutdown_signals
 from ._sockets import (
     bind_reuseport_groups,
@@ -35,12 +31,10 @@ from ._sockets import (
     listening_socket_from_fd,
     systemd_listen_fds,
 )
+from ._startup import StartupError, describe
 from ._stats import ServerStatistics
 from ._supervisor import Supervisor, WorkerSpec, die_with_parent
 from ._tls import server_context
-
-if TYPE_CHECKING:
-    from ._metrics import Snapshot
 
 __all__ = ["run"]
 
@@ -49,10 +43,6 @@ LOGGER = logging.getLogger("trio_echo")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
-
-
-class StartupError(Exception):
-    """The server cannot start; the message says why, for the operator."""
 
 
 def run(config: ServerConfig, options: ProcessOptions) -> int:
@@ -79,27 +69,6 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
     except StartupError as exc:
         report_startup_error(str(exc), options.log_format)
         return EXIT_FAILURE
-
-
-def _log_configuration(config: ServerConfig, options: ProcessOptions) -> None:
-    """One line (one ``config`` event) with every setting in effect; paths, never contents."""
-    metrics = None
-    if options.metrics is not None:
-        host, port = options.metrics
-        metrics = f"{'*' if host is None else host}:{port}"
-    settings = configuration_in_effect(
-        config,
-        {
-            "workers": options.workers,
-            "fds": options.fds,
-            "metrics": metrics,
-            "stats_interval": options.stats_interval,
-            "log_level": options.log_level,
-            "log_format": options.log_format,
-        },
-    )
-    text = " ".join(f"{name}={value}" for name, value in settings.items())
-    LOGGER.info("configuration: %s", text, extra=event("config", **settings))
 
 
 def _check_tls_files(config: ServerConfig) -> None:
@@ -139,10 +108,10 @@ def _serve_here(
     interrupted = False
     # A worker's metrics are its supervisor's to serve (from its reports).
     metrics = options.metrics if options.worker_of is None else None
-    ops = _Operations(metrics=metrics, stats_fd=options.stats_fd)
+    ops = ProcessOperations(metrics=metrics, stats_fd=options.stats_fd)
     if options.worker_of is None:
         # Logged once the server listens: a start-up failure stays the only line.
-        ops.on_started = functools.partial(_log_configuration, config, options)
+        ops.on_started = functools.partial(log_configuration, config, options)
     try:
         stats = trio.run(_serve_until_signalled, config, sockets, options.stats_interval, ops)
     except* StartupError as group:
@@ -167,87 +136,14 @@ def _serve_here(
     return EXIT_OK
 
 
-class _Operations:
-    """What a serving process does for operators besides echoing (``--metrics``,
-    a worker's reports to its supervisor)."""
-
-    def __init__(self, *, metrics: Endpoint | None = None, stats_fd: int | None = None) -> None:
-        self.metrics = metrics
-        self.stats_fd = stats_fd
-        self.server: EchoServer | None = None
-        #: Called once the server listens.
-        self.on_started: Callable[[], None] | None = None
-
-    async def start_metrics(self, nursery: trio.Nursery) -> None:
-        """Start the metrics listener, if any, before the server (``/readyz`` 503 until then).
-
-        Raises:
-          StartupError: the metrics address cannot be bound.
-        """
-        if self.metrics is None:
-            return
-        from ._metrics import Snapshot
-
-        def source() -> Snapshot | None:
-            return None if self.server is None else Snapshot(total=self.server.statistics())
-
-        def ready() -> bool:
-            return self.server is not None and self.server.ready
-
-        await _start_metrics(nursery, self.metrics, source, ready)
-
-    def start_reports(self, nursery: trio.Nursery, server: EchoServer) -> None:
-        self.server = server
-        if self.on_started is not None:
-            self.on_started()
-        if self.stats_fd is not None:
-            from ._workerstats import report_to_supervisor
-
-            def status() -> tuple[bool, ServerStatistics]:
-                return server.ready, server.statistics()
-
-            nursery.start_soon(report_to_supervisor, self.stats_fd, status)
-
-
-async def _start_metrics(
-    nursery: trio.Nursery,
-    endpoint: Endpoint,
-    source: Callable[[], Snapshot | None],
-    ready: Callable[[], bool],
-) -> None:
-    from ._operations import serve_operations
-
-    host, port = endpoint
-    try:
-        await nursery.start(
-            functools.partial(
-                serve_operations, host, port, source=source, ready=ready, start_time=START_TIME
-            )
-        )
-    except OSError as exc:
-        where = f"{'*' if host is None else host}:{port}"
-        raise StartupError(f"cannot serve metrics on {where}: {_describe(exc)}") from None
-
-
-# When this process started (trio_echo_process_start_time_seconds).
-START_TIME = time.time()
-
-
-async def _reload_on_sighup(hangups: AsyncIterator[int], reload: Callable[[], object]) -> None:
-    """On each SIGHUP, re-read the TLS files (a worker: its supervisor forwards it)."""
-    async for _ in hangups:
-        LOGGER.info("SIGHUP received: reloading TLS files")
-        reload()
-
-
 async def _serve_until_signalled(
     config: ServerConfig,
     sockets: list[socket.socket] | None,
     stats_interval: float | None,
-    ops: _Operations | None = None,
+    ops: ProcessOperations | None = None,
 ) -> ServerStatistics:
     """Serve until a signal: the first shuts down gracefully, a second at once."""
-    ops = ops or _Operations()
+    ops = ops or ProcessOperations()
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
@@ -273,7 +169,7 @@ async def _serve_until_signalled(
                 )
             )
             ops.start_reports(nursery, server)
-            nursery.start_soon(_reload_on_sighup, hangups, server.reload_tls)
+            nursery.start_soon(reload_on_sighup, hangups, server.reload_tls)
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)
             await server.wait_stopped()
@@ -295,7 +191,7 @@ def _supervise(
             groups = bind_reuseport_groups(listener.host, listener.port, workers, listener.backlog)
         except OSError as exc:
             raise StartupError(f"cannot listen on {_where(config)}: {_describe(exc)}") from None
-    _log_configuration(config, options)
+    log_configuration(config, options)
     LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
     parent = os.getpid()
     specs = []
@@ -339,7 +235,7 @@ def _supervise(
         with trio.open_signal_receiver(signal.SIGHUP) as hangups:
             async with trio.open_nursery() as nursery:
                 if endpoint is not None and reports is not None:
-                    await _start_metrics(
+                    await start_metrics(
                         nursery,
                         endpoint,
                         reports.snapshot,
@@ -351,7 +247,7 @@ def _supervise(
                 def forward() -> None:
                     supervisor.signal_workers(signal.SIGHUP)
 
-                nursery.start_soon(_reload_on_sighup, hangups, forward)
+                nursery.start_soon(reload_on_sighup, hangups, forward)
                 status = await supervisor.run()
                 nursery.cancel_scope.cancel()
         return status
@@ -384,4 +280,4 @@ def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
 
 
 def _describe(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    return describe(exc)
