@@ -153,7 +153,13 @@ def test_the_supervisor_serves_the_sum_and_each_worker(
         time.sleep(0.1)
     assert sum(per_worker) == sent
     assert got["trio_echo_connections_accepted_total", ()] == sent
-    parent.signal(signal.SIGTERM)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as busy:
+        # A connection stuck mid-echo keeps its worker's shutdown going.
+        fill_both_directions(busy)
+        parent.signal(signal.SIGTERM)
+        parent.wait_for(r"SIGTERM received: stopping 2 workers")
+        assert http_get(mport, "/readyz") == (503, b"not ready\n")
+        assert http_get(mport, "/healthz") == (200, b"ok\n")
     status, log = parent.finish()
     assert status == 0, log
     assert "Traceback" not in log
@@ -209,4 +215,23 @@ def test_a_real_prometheus_scrapes_it_and_answers_a_query(
     finally:
         prometheus.terminate()
         prometheus.wait(30)
+    assert server.stop() == 0
+
+
+def test_refused_clients_are_counted_in_the_metrics(echo_process: StartProcess) -> None:
+    server = echo_process(
+        "--metrics", "0", "--proxy-protocol", "--proxy-trusted", "10.0.0.0/8,192.0.2.0/24"
+    )
+    port = metrics_port(server)
+    for _ in range(3):
+        with server.connect() as client:
+            client.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\nhello")
+            assert client.recv(100) == b""  # EOF before anything is read or echoed
+    server.wait_for(r"refused proxy-untrusted: 127\.0\.0\.1:\d+: not a trusted PROXY source")
+    deadline = time.monotonic() + 5
+    key = ("trio_echo_connections_closed_total", (("reason", "proxy-untrusted"),))
+    while scrape(port)[key] != 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert server.count("refused proxy-untrusted") == 1
     assert server.stop() == 0

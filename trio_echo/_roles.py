@@ -55,8 +55,9 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
     if options.worker_of is not None:
         process = f"worker {options.worker_of[1]}"
     configure_logging(options.log_level, options.log_format, process)
-    for warning in options.warnings:
-        LOGGER.warning("%s", warning)
+    if options.worker_of is None:  # Workers inherit the same environment: warned once.
+        for warning in options.warnings:
+            LOGGER.warning("%s", warning)
     if options.worker_of is not None and not die_with_parent(options.worker_of[0]):
         LOGGER.error("the supervisor (pid %d) is gone; not starting", options.worker_of[0])
         return EXIT_FAILURE
