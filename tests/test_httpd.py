@@ -27,6 +27,8 @@ class Endpoints:
 
     def metrics(self, accept: str | None) -> tuple[bytes, str]:
         self.accepts.append(accept)
+        if accept == "big":
+            return b"#" * 1_000_000 + b"\n", "text/plain; version=0.0.4"
         return b"trio_echo_rounds_total 3.0\n", "text/plain; version=0.0.4"
 
 
@@ -156,6 +158,27 @@ async def test_slowloris_is_cut_off_after_the_request_timeout(
             answer = await receive_until_eof(stream)
         assert answer == b""  # Nothing answered: the request never arrived.
         assert 0.3 <= trio.current_time() - start < 3
+
+
+async def test_a_client_that_never_reads_its_answers_is_cut_off(
+    http: tuple[Endpoints, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = http
+    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT", 0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        one = b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: big\r\n\r\n"
+        await stream.send_all(one * 20)  # 20 MB of answers that nobody reads
+        await trio.sleep(1)
+        received = 0
+        with trio.fail_after(5):
+            try:
+                while chunk := await stream.receive_some(1 << 20):
+                    received += len(chunk)
+            except trio.BrokenResourceError:
+                pass  # A reset: the listener closed with requests unread.
+        # The listener gave up long before answering everything.
+        assert received < 20 * 1_000_000
 
 
 async def test_hostile_http_clients_do_not_disturb_the_echo_service(

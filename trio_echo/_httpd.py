@@ -94,15 +94,18 @@ class _Client:
         try:
             limit = REQUEST_TIMEOUT
             while True:
-                # The first request must arrive whole within REQUEST_TIMEOUT; a
-                # later one may take KEEPALIVE_TIMEOUT to start, then
-                # REQUEST_TIMEOUT from its first byte.
-                request = None
+                # The first request must arrive whole, and its answer be taken,
+                # within REQUEST_TIMEOUT; a later one may take KEEPALIVE_TIMEOUT
+                # to start, then REQUEST_TIMEOUT from its first byte.  So a client
+                # that never reads its answers holds a slot no longer either.
+                answered = False
                 with trio.move_on_after(limit) as scope:
                     request = await self._next_request(scope)
-                if request is None:
+                    if request is not None:
+                        await self._respond(request)
+                        answered = True
+                if not answered:
                     return
-                await self._respond(request)
                 if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                     return
                 self.conn.start_next_cycle()
@@ -155,8 +158,11 @@ class _Client:
         LOGGER.debug("metrics listener: bad request: %s", problem)
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             body = f"{HTTPStatus(status).phrase}\n".encode()
-            with contextlib.suppress(
-                trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError
+            with (
+                trio.move_on_after(REQUEST_TIMEOUT),
+                contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError
+                ),
             ):
                 await self._send(status, body, "text/plain", [], head_only=False)
 
