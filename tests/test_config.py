@@ -20,6 +20,9 @@ def test_defaults() -> None:
         "grace": 5.0,
         "proxy_protocol": False,
         "proxy_timeout": 3.0,
+        "proxy_trusted": None,
+        "max_connections_per_ip": None,
+        "connection_rate_per_ip": None,
     }
     assert attrs.asdict(config.connection) == {
         "rounds": None,
@@ -37,8 +40,10 @@ def test_defaults() -> None:
             "reset_after": None,
             "seed": None,
         },
+        "hello": None,
     }
     assert not config.connection.faults.enabled
+    assert config.worker == 0
 
 
 @pytest.mark.parametrize(

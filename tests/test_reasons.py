@@ -22,7 +22,10 @@ def test_readme_table_lists_every_close_reason_once_in_order() -> None:
 
 def test_every_reason_constant_is_in_all() -> None:
     constants = {
-        value for name, value in vars(_reasons).items() if name.isupper() and name != "ALL"
+        value
+        for name, value in vars(_reasons).items()
+        if name.isupper() and isinstance(value, str)
     }
     assert constants == set(_reasons.ALL)
+    assert set(_reasons.REFUSED) <= constants
     assert len(_reasons.ALL) == len(set(_reasons.ALL))

@@ -18,7 +18,7 @@ from ._config import ServerConfig
 from ._connection import Connection
 from ._faults import describe
 from ._logs import event
-from ._reasons import ERROR
+from ._reasons import ERROR, REFUSED
 from ._sockets import format_address
 from ._stats import ServerStatistics, Tally
 from ._tls import server_context
@@ -96,6 +96,41 @@ class EchoServer:
     def port(self) -> int:
         """The bound port of the first listener (the real one when configured as ``0``)."""
         return self.addresses[0][1]
+
+    @property
+    def ready(self) -> bool:
+        """Whether the server accepts new clients: ``True`` once listening,
+        ``False`` from the moment a shutdown is requested (``/readyz``)."""
+        return not (self._stop_requested.is_set() or self._stopped.is_set())
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS certificate chain, key and client CAs from ``config.tls``'s files.
+
+        New connections get them from now on; open connections keep the ones
+        they started with, so none is dropped.  Synchronous (the files are
+        small); ``SIGHUP`` calls it in the ``trio-echo`` command.
+
+        Returns:
+          ``True`` once reloaded (logged at INFO).  ``False`` when a file is
+          missing or invalid -- logged at ERROR naming the file, and the
+          certificate in use is kept -- or when the server has no TLS.
+          Never raises.
+        """
+        if self.config.tls is None:
+            LOGGER.warning("TLS reload requested, but this server does not serve TLS")
+            return False
+        try:
+            context = server_context(self.config.tls)
+        except OSError as exc:
+            LOGGER.error(
+                "TLS reload failed, keeping the certificate in use: %s",
+                exc.strerror or exc,
+                extra=event("tls-reload", ok=False, error=str(exc.strerror or exc)),
+            )
+            return False
+        self._new_connection.replace_ssl_context(context)
+        LOGGER.info("TLS certificate reloaded", extra=event("tls-reload", ok=True))
+        return True
 
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot of the server's counters, open connections included.
@@ -242,6 +277,9 @@ class EchoServer:
         self._active.pop(conn, None)
         self._tally.record_close(conn, reason)
         self._slots.release()
+        if reason in REFUSED:
+            # Counted; warned about at most every 10 s (see _admission), not logged each.
+            return
         log_close(conn, reason, faults_on=self._new_connection.faults_on)
 
     def _warn(self, message: str, *args: object) -> None:

@@ -43,6 +43,10 @@ __all__ = ["ServerTransport", "TLSHandshake", "TLSTransport", "server_context"]
 LOGGER = logging.getLogger("trio_echo")
 
 
+#: TLSConfig.min_version -> the ssl module's version.
+MIN_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
     """An SSL context serving *tls*'s certificate, requiring client
     certificates when ``client_ca`` is set.
@@ -55,6 +59,7 @@ def server_context(tls: TLSConfig) -> ssl.SSLContext:
         or directory``.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = MIN_VERSIONS[tls.min_version]
     files = {"certfile": tls.certfile, "keyfile": tls.keyfile, "client_ca": tls.client_ca}
     for field, path in files.items():
         if path is not None:
