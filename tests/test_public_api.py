@@ -30,6 +30,13 @@ PUBLIC = {
     "TLSConfig",
     "__version__",
     "serve",
+    # The measuring client (trio-echo bench).
+    "BenchConfig",
+    "BenchResult",
+    "LatencySummary",
+    "ServerUnreachable",
+    "bench",
+    "parse_address",
 }
 
 
