@@ -1,13 +1,8 @@
-"""What one connection does in each mode, once it is connected.
+"""What one connection does once connected, in every mode but the plain closed loop.
 
-The closed loop over a plain socket (:func:`closed_loop_socket`) is the hot
-path and uses the server's tricks (:mod:`trio_echo._transports`): a
-non-blocking socket driven directly, ``recv_into`` a preallocated buffer, no
-coroutine per operation, and after a send a plain checkpoint (the other
-connections run meanwhile, and the echo is usually there by then) before
-falling back to ``wait_readable``.  Everything else -- TLS, open loop, ping --
-goes through :func:`paced_stream`, a sender and a receiver task over any
-:class:`trio.abc.Stream`.
+:func:`paced_stream` drives any :class:`trio.abc.Stream` (TLS, or a plain
+socket in open-loop and ping mode) with a sender and a receiver task.  The
+closed loop over plain sockets, the hot path, is :mod:`.multiplex`.
 
 Errors: :exc:`~.pattern.EchoMismatch` at a wrong or extra byte,
 :exc:`ServerClosed` when the server closes with echoes outstanding, and the
@@ -18,16 +13,20 @@ otherwise.  Cancellation (stop, timeout) ends a loop anywhere.
 from __future__ import annotations
 
 import math
-import socket
 from collections import deque
-from collections.abc import Callable
 
 import trio
 
 from .meter import Meter
 from .pattern import MAX_CHUNK, Verifier
 
-__all__ = ["Progress", "ServerClosed", "closed_loop_socket", "finish", "paced_stream"]
+__all__ = [
+    "Progress",
+    "ServerClosed",
+    "closed_error",
+    "finish",
+    "paced_stream",
+]
 
 #: After the last echo: how long the server may take to close after our EOF.
 FINISH_TIMEOUT = 2.0
@@ -46,97 +45,12 @@ class Progress:
         self.at = at
 
 
-def _closed(verifier: Verifier) -> ServerClosed:
+def closed_error(verifier: Verifier) -> ServerClosed:
+    """The error for a server that closed with *verifier*'s echoes outstanding."""
     return ServerClosed(
         f"connection {verifier.connection}: closed by the server at byte {verifier.received} "
         f"with {verifier.outstanding} bytes of echo outstanding"
     )
-
-
-async def _wait_readable_or_writable(sock: socket.socket) -> None:
-    """Return once *sock* is readable or writable (a large message being sent
-    while its echo comes back: waiting for one alone could deadlock)."""
-    async with trio.open_nursery() as nursery:
-
-        async def wait(waiter: Callable[[socket.socket], object]) -> None:
-            await waiter(sock)  # type: ignore[misc]
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(wait, trio.lowlevel.wait_readable)
-        nursery.start_soon(wait, trio.lowlevel.wait_writable)
-
-
-async def closed_loop_socket(
-    sock: socket.socket, verifier: Verifier, meter: Meter, progress: Progress, *, pipeline: int
-) -> None:
-    """Keep *pipeline* messages in flight on *sock* (non-blocking) until the
-    run stops or its budget is spent, then wait for the last echoes."""
-    buffer = bytearray(MAX_CHUNK)
-    view = memoryview(buffer)
-    clock = meter.clock
-    record = meter.histogram.record
-    check = verifier.check
-    size = verifier.next_message().nbytes
-    verifier.sent -= size  # that was only to learn the size
-    sent_at: deque[int] = deque()
-    queue: deque[memoryview] = deque()
-    out = memoryview(b"")
-    for _ in range(pipeline):
-        now = clock()
-        if not meter.take(now):
-            break
-        sent_at.append(now)
-        queue.append(verifier.next_message())
-    if queue:
-        out = queue.popleft()
-    partial = 0  # bytes received of the oldest message in flight
-    yielded = False
-    while True:
-        while out:
-            try:
-                out = out[sock.send(out) :]
-            except BlockingIOError:
-                break
-            if not out and queue:
-                out = queue.popleft()
-        if not sent_at:
-            return
-        try:
-            n = sock.recv_into(buffer)
-        except BlockingIOError:
-            if out:
-                await _wait_readable_or_writable(sock)
-            elif yielded:
-                await trio.lowlevel.wait_readable(sock)
-                yielded = False
-            else:
-                # Let the other connections run: the echo is usually back by
-                # then, and reading it costs no epoll_ctl() nor I/O wake-up.
-                await trio.lowlevel.checkpoint()
-                yielded = True
-            continue
-        if not n:
-            raise _closed(verifier)
-        check(view[:n])
-        partial += n
-        if partial < size:
-            continue
-        now = clock()
-        progress.at = now
-        while partial >= size:
-            partial -= size
-            started = sent_at.popleft()
-            if started >= meter.measure_from:
-                record(now - started)
-                meter.round_trips += 1
-                meter.bytes += size
-                meter.last = now
-            if meter.take(now):
-                sent_at.append(now)
-                if out:
-                    queue.append(verifier.next_message())
-                else:
-                    out = verifier.next_message()
 
 
 async def paced_stream(
@@ -160,8 +74,7 @@ async def paced_stream(
     ``in_flight=None``).  Without, messages go as soon as *in_flight* allows
     (closed loop).
     """
-    size = len(verifier.next_message())
-    verifier.sent -= size
+    size = verifier.size
     clock = meter.clock
     sent_at: deque[int] = deque()
     permits = trio.Semaphore(in_flight or 1)
@@ -198,7 +111,7 @@ async def paced_stream(
         while True:
             data = await stream.receive_some(MAX_CHUNK)
             if not data:
-                raise _closed(verifier)
+                raise closed_error(verifier)
             verifier.check(data)
             partial += len(data)
             now = clock()

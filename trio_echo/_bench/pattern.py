@@ -126,6 +126,11 @@ class Verifier:
         self.received += n
 
     @property
+    def size(self) -> int:
+        """Bytes per message."""
+        return self._pattern.size
+
+    @property
     def outstanding(self) -> int:
         """Bytes sent (or being sent) whose echo has not come back yet."""
         return self.sent - self.received

@@ -15,8 +15,9 @@ import trio
 from .address import TCPAddress
 from .config import BenchConfig
 from .connect import Endpoint, error_kind, open_socket, resolve, tls_context
-from .loops import Progress, ServerClosed, closed_loop_socket, finish, paced_stream
+from .loops import Progress, ServerClosed, finish, paced_stream
 from .meter import Clock, Meter
+from .multiplex import closed_loop_multiplexed
 from .pattern import EchoMismatch, Pattern, Verifier
 from .result import BenchResult, LatencySummary
 
@@ -169,12 +170,6 @@ class _Run:
         verifier = Verifier(self.pattern, number)
         progress = Progress(meter.clock())
         self.watched.append((verifier, progress, scope))
-        if opened.stream is None and config.rate is None and config.interval is None:
-            await closed_loop_socket(
-                opened.plain, verifier, meter, progress, pipeline=config.pipeline
-            )
-            await finish(trio.SocketStream(opened.sock), verifier)
-            return
         stream = opened.stream or trio.SocketStream(opened.sock)
         if config.rate is not None:
             # Connections take turns: together they send one message per tick.
@@ -199,6 +194,45 @@ class _Run:
                 stream, verifier, meter, progress, in_flight=config.pipeline, period=None
             )
         await finish(stream, verifier)
+
+    @property
+    def multiplexed(self) -> bool:
+        """Whether the run is the plain closed loop, all connections in one task."""
+        config = self.config
+        return not (config.tls or config.connect_only or config.rate or config.interval)
+
+    async def multiplex(self, first: _Opened) -> None:
+        """The plain closed loop: connect the rest, then echo over all in one task
+        (:mod:`.multiplex`); a mismatch is counted, not raised."""
+        assert self.pattern is not None
+        config, meter = self.config, self.meter
+        opened: list[tuple[int, _Opened]] = [(0, first)]
+
+        async def connect(number: int) -> None:
+            try:
+                opened.append((number, await self.open()))
+            except (OSError, trio.BrokenResourceError) as exc:
+                meter.error("connect", f"connection {number}: {_reason(exc)}")
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for number in range(1, config.connections):
+                    nursery.start_soon(connect, number)
+            connections = [
+                (each.plain, Verifier(self.pattern, number)) for number, each in sorted(opened)
+            ]
+            await closed_loop_multiplexed(
+                connections,
+                meter,
+                pipeline=config.pipeline,
+                echo_timeout=config.timeout,
+                on_error=meter.error,
+            )
+        except EchoMismatch as exc:
+            meter.error("mismatch", str(exc))
+        finally:
+            for _, each in opened:
+                each.sock.close()
 
     async def watchdog(self) -> None:
         """Cancel each connection whose echo is outstanding for longer than ``timeout``."""
@@ -273,10 +307,13 @@ async def bench(
                 helpers.start_soon(report)
             if stop is not None:
                 helpers.start_soon(stopper)
-            async with trio.open_nursery() as nursery:
-                for number in range(config.connections):
-                    opened = first if number == 0 else None
-                    nursery.start_soon(run.connection, number, opened, stop_scope)
+            if run.multiplexed:
+                await run.multiplex(first)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for number in range(config.connections):
+                        opened = first if number == 0 else None
+                        nursery.start_soon(run.connection, number, opened, stop_scope)
             helpers.cancel_scope.cancel()
     end = clock()
     if meter.remaining <= 0 and meter.last:
