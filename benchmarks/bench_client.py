@@ -12,6 +12,10 @@ bench`` take turns on the second core, 1 KiB messages, with 8 and 50
 connections (messages/s) and with 1 (p50).  Each pair runs ``--repeat`` times,
 alternating, and the table shows medians.
 
+The client's CPU time per round trip (user + system, start-up included, from
+``RUSAGE_CHILDREN``) is reported beside: unlike messages/s it hardly depends on
+what else the machine runs, and 1e6 / it bounds what one core can drive.
+
 Accuracy: ``trio-echo --latency 20ms`` (p50 must be 20-22 ms), ``--latency 20ms
 --jitter 10ms`` (p99 above 28 ms), and a ``trio-echo`` paused with SIGSTOP for
 1 s in the middle of a 10 s run, measured in open loop (``--rate 1000``: p99
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -133,6 +138,13 @@ def echo_client(
     return {"rate": report["rps"], "p50_us": percentiles[50] * 1000}
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far,
+    their own children included (echo_client's worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench(core: str, port: int, *options: str, seconds: float = 5) -> dict[str, Any]:
     """``trio-echo bench --json`` on *core*."""
     done = subprocess.run(
@@ -149,30 +161,45 @@ def throughput(args: argparse.Namespace, server: str, client: str) -> list[dict[
     with c_epoll(server) as port:
         for connections in (8, 50, 1):
             theirs, ours = [], []
+            seconds = args.seconds
             for _ in range(args.repeat):
-                theirs.append(echo_client(args.python, client, port, connections, args.seconds))
-                ours.append(bench(client, port, "--connections", str(connections),
-                                  "--size", "1KiB", "--duration", f"{args.seconds}s",
-                                  "--warmup", "0.5s"))  # fmt: skip
+                before = children_cpu()
+                report = echo_client(args.python, client, port, connections, seconds)
+                spent = children_cpu() - before
+                report["client_cpu_us_per_rt"] = spent / max(1, report["rate"] * seconds) * 1e6
+                theirs.append(report)
+                before = children_cpu()
+                report = bench(client, port, "--connections", str(connections), "--size", "1KiB",
+                               "--duration", f"{seconds}s")  # fmt: skip
+                spent = children_cpu() - before
+                report["client_cpu_us_per_rt"] = spent / max(1, report["round_trips"]) * 1e6
+                ours.append(report)
             row = {
                 "connections": connections,
                 "echo_client_rate": statistics.median(r["rate"] for r in theirs),
                 "bench_rate": statistics.median(r["rate"] for r in ours),
                 "echo_client_p50_us": statistics.median(r["p50_us"] for r in theirs),
                 "bench_p50_us": statistics.median(r["latency_us"]["p50"] for r in ours),
+                "echo_client_cpu_us_per_rt": statistics.median(
+                    r["client_cpu_us_per_rt"] for r in theirs
+                ),
+                "bench_cpu_us_per_rt": statistics.median(r["client_cpu_us_per_rt"] for r in ours),
                 "runs": {"echo_client": theirs, "bench": [_brief(r) for r in ours]},
             }
             row["rate_ratio"] = row["bench_rate"] / row["echo_client_rate"]
             row["p50_ratio"] = row["bench_p50_us"] / row["echo_client_p50_us"]
             rows.append(row)
             print(f"  {connections:>2} connections: echo_client {row['echo_client_rate']:,.0f}/s "
-                  f"p50 {row['echo_client_p50_us']:.0f} µs; bench {row['bench_rate']:,.0f}/s "
-                  f"p50 {row['bench_p50_us']:.0f} µs", flush=True)  # fmt: skip
+                  f"p50 {row['echo_client_p50_us']:.0f} µs "
+                  f"CPU {row['echo_client_cpu_us_per_rt']:.1f} µs/rt; "
+                  f"bench {row['bench_rate']:,.0f}/s p50 {row['bench_p50_us']:.0f} µs "
+                  f"CPU {row['bench_cpu_us_per_rt']:.1f} µs/rt", flush=True)  # fmt: skip
     return rows
 
 
 def _brief(report: dict[str, Any]) -> dict[str, Any]:
-    return {"rate": report["rate"], "latency_us": report["latency_us"]}
+    keys = ("rate", "latency_us", "client_cpu_us_per_rt")
+    return {key: report[key] for key in keys}
 
 
 def accuracy(args: argparse.Namespace, server: str, client: str) -> dict[str, Any]:

@@ -13,11 +13,12 @@ otherwise.  Cancellation (stop, timeout) ends a loop anywhere.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 
 import trio
 
-from .meter import Meter
+from .meter import Clock, Meter
 from .pattern import MAX_CHUNK, Verifier
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
 
 #: After the last echo: how long the server may take to close after our EOF.
 FINISH_TIMEOUT = 2.0
+#: Paced sends stop sleeping this long (ns) before they are due, and yield
+#: until then: one epoll timeout tick (1 ms) plus a margin.
+SPIN_BEFORE_DUE = 1_200_000
 
 
 class ServerClosed(Exception):
@@ -51,6 +55,25 @@ def closed_error(verifier: Verifier) -> ServerClosed:
         f"connection {verifier.connection}: closed by the server at byte {verifier.received} "
         f"with {verifier.outstanding} bytes of echo outstanding"
     )
+
+
+async def _sleep_until(due: int, clock: Clock) -> None:
+    """Return at clock reading *due* (ns), or at once if it has passed.
+
+    trio sleeps on epoll's millisecond timeouts, so a message would leave up
+    to a millisecond late, and open-loop latency (counted from the due time)
+    would carry the client's own lateness.  With the real clock, sleep until
+    :data:`SPIN_BEFORE_DUE` before and then yield in a loop until due; with
+    any other clock (trio's virtual one in tests) simply sleep.
+    """
+    if clock is not time.perf_counter_ns:
+        await trio.sleep(max(0, due - clock()) / 1e9)
+        return
+    early = due - clock() - SPIN_BEFORE_DUE
+    if early > 0:
+        await trio.sleep(early / 1e9)
+    while clock() < due:
+        await trio.lowlevel.checkpoint()
 
 
 async def paced_stream(
@@ -87,7 +110,7 @@ async def paced_stream(
             if in_flight is not None:
                 await permits.acquire()
             if period is not None:
-                await trio.sleep(max(0, due - clock()) / 1e9)
+                await _sleep_until(due, clock)
                 # Open loop counts from the due time; ping from the send.
                 start = due if in_flight is None else clock()
                 due += period
