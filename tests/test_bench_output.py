@@ -74,3 +74,9 @@ def test_json_has_the_issues_keys() -> None:
     assert report["errors"] == {"reset": 1}
     assert not result(errors={"reset": 1}).ok
     assert result().ok
+
+
+def test_a_run_with_nothing_completed_is_not_ok() -> None:
+    assert not result(round_trips=0, bytes=0).ok
+    assert not result(mode="connect", connects=0).ok
+    assert result(round_trips=0, bytes=0).rate == 0.0

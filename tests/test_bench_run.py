@@ -333,3 +333,18 @@ async def test_results_are_frozen(echo_server_factory: EchoServerFactory) -> Non
     with pytest.raises(TypeError):
         result.errors["closed"] = 1  # type: ignore[index]
     assert isinstance(result, BenchResult)
+
+
+async def test_progress_is_reported_every_half_second(
+    autojump_clock: trio.testing.MockClock, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(faults=Faults(latency=0.01))
+    seen: list[tuple[float, int, int]] = []
+    await bench(
+        config_for(server.port, duration=2.0),
+        on_progress=lambda *figures: seen.append(figures),
+        clock=virtual_ns,
+    )
+    assert [round(elapsed, 2) for elapsed, _, _ in seen[:3]] == [0.5, 1.0, 1.5]
+    assert [trips for _, trips, _ in seen] == sorted(trips for _, trips, _ in seen)
+    assert all(p99 == pytest.approx(10_000_000, rel=0.01) for _, _, p99 in seen[1:])
