@@ -75,3 +75,17 @@ def test_hgrm_text_has_hdrhistograms_shape_and_values() -> None:
     assert lines[-3].startswith("#[Mean    =")
     assert lines[-2].startswith("#[Max     =")
     assert lines[-1].startswith("#[Buckets =")
+
+
+def test_a_window_is_what_was_recorded_since_a_snapshot() -> None:
+    histogram = Histogram()
+    for value in range(1000, 2000):
+        histogram.record(value)
+    snapshot = histogram.copy()
+    for value in (5_000_000, 5_000_000):
+        histogram.record(value)
+    window = histogram.minus(snapshot)
+    assert window.total == 2
+    assert window.percentile(0) == pytest.approx(5_000_000, rel=1e-3)
+    assert snapshot.total == 1000
+    assert snapshot.percentile(100) == 1999

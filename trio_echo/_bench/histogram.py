@@ -60,6 +60,21 @@ class Histogram:
             self._counts[value if value > 0 else 0] += 1
         self.total += 1
 
+    def copy(self) -> Histogram:
+        """A snapshot: later records do not change it."""
+        snapshot = Histogram()
+        snapshot._counts = self._counts.copy()
+        snapshot.total = self.total
+        return snapshot
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        """The values recorded since *earlier*, a snapshot of this histogram."""
+        window = Histogram()
+        pairs = zip(self._counts, earlier._counts, strict=True)
+        window._counts = [now - then for now, then in pairs]
+        window.total = self.total - earlier.total
+        return window
+
     def _buckets(self) -> Iterator[tuple[int, int]]:
         """``(index, count)`` of every bucket holding values, lowest first."""
         for index, count in enumerate(self._counts):

@@ -23,7 +23,8 @@ def ping_line(sequence: int, size: int, latency_ns: int) -> str:
 
 
 def progress_line(elapsed: float, round_trips: int, rate: float, p99_ns: int) -> str:
-    """The live line: elapsed time, round trips/s since the last line, p99 so far."""
+    """The live line: elapsed time, round trips, and the round trips/s and p99
+    since the previous line."""
     return (
         f"{PROGRESS_CLEAR}{elapsed:7.1f} s  {round_trips:>12,} round trips  "
         f"{rate:>12,.0f}/s  p99 {p99_ns / 1e6:.3f} ms"

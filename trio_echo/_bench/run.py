@@ -27,7 +27,8 @@ __all__ = ["OnProgress", "OnRoundTrip", "ServerUnreachable", "bench"]
 PROGRESS_EVERY: Final = 0.5
 
 OnProgress = Callable[[float, int, int], None]
-"""Called with the seconds since the start, the round trips measured and the p99 so far (ns)."""
+"""Called with the seconds since the start, the round trips measured so far and the
+p99 (ns) of those measured since the previous call (0 if none)."""
 OnRoundTrip = Callable[[int, int], None]
 """Called with the sequence number (from 1) and latency (ns) of each measured round trip."""
 
@@ -290,10 +291,13 @@ async def bench(
 
     async def report() -> None:
         assert on_progress is not None
+        previous = meter.histogram.copy()
         while True:
             await trio.sleep(PROGRESS_EVERY)
-            histogram = meter.histogram
-            on_progress((clock() - started) / 1e9, meter.round_trips, histogram.percentile(99))
+            current = meter.histogram.copy()
+            recent = current.minus(previous).percentile(99)
+            previous = current
+            on_progress((clock() - started) / 1e9, meter.round_trips, recent)
 
     async def stopper() -> None:
         assert stop is not None
