@@ -11,13 +11,16 @@ ends the run early, with its summary).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .._cli import SIZE, _Parser, _typed
+from .._fdlimit import FD_RESERVE
 from .._units import parse_duration
 from .address import parse_address
 from .config import BenchConfig
@@ -167,6 +170,7 @@ def main(argv: Sequence[str]) -> int:
             tls_context(cafile=config.cafile, insecure=config.insecure)
         except OSError as exc:
             parser.error(f"argument --cafile: cannot use {config.cafile}: {exc.strerror or exc}")
+    _raise_fd_limit(config.connections + FD_RESERVE)
     hgrm: TextIO | None = None
     if args.hgrm is not None:
         try:
@@ -183,6 +187,18 @@ def main(argv: Sequence[str]) -> int:
     finally:
         if hgrm is not None:
             hgrm.close()
+
+
+def _raise_fd_limit(needed: int) -> None:
+    """Raise the soft open file limit towards *needed* (one descriptor per
+    connection); where the hard limit forbids it, the connections beyond fail
+    with "Too many open files", counted as ``connect`` errors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def _run(config: BenchConfig, as_json: bool, hgrm: TextIO | None) -> int:

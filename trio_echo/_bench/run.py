@@ -82,6 +82,8 @@ class _Run:
         #: What the watchdog looks at: each echoing connection's stream and its scope.
         self.watched: list[tuple[Verifier, Progress, trio.CancelScope]] = []
         self.timed_out: set[int] = set()
+        #: Stopped early (``stop`` set): the end is fixed.
+        self.stopped = False
 
     async def first(self, endpoints: list[Endpoint]) -> _Opened:
         """The first connection, to the first endpoint that answers; :exc:`ServerUnreachable`
@@ -196,6 +198,13 @@ class _Run:
             )
         await finish(stream, verifier)
 
+    def start_window(self, now: int) -> None:
+        """Start the run at *now*: the warm-up, then the measured window."""
+        config, meter = self.config, self.meter
+        meter.measure_from = now + round(config.warmup * 1e9)
+        if config.stop_after is not None and not self.stopped:
+            meter.stop_at = meter.measure_from + round(config.stop_after * 1e9)
+
     @property
     def multiplexed(self) -> bool:
         """Whether the run is the plain closed loop, all connections in one task."""
@@ -219,6 +228,9 @@ class _Run:
             async with trio.open_nursery() as nursery:
                 for number in range(1, config.connections):
                     nursery.start_soon(connect, number)
+            # Connecting thousands takes a while: the run starts once all are open.
+            if config.connections > 1:
+                self.start_window(meter.clock())
             connections = [
                 (each.plain, Verifier(self.pattern, number)) for number, each in sorted(opened)
             ]
@@ -279,9 +291,7 @@ async def bench(
     except OSError as exc:
         raise ServerUnreachable(f"cannot connect to {config.address}: {_reason(exc)}") from None
     started = clock()
-    meter.measure_from = started + round(config.warmup * 1e9)
-    if config.stop_after is not None:
-        meter.stop_at = meter.measure_from + round(config.stop_after * 1e9)
+    run.start_window(started)
     # The first connect is measured whatever the warm-up: it is also the reachability check.
     measure_from, meter.measure_from = meter.measure_from, started
     if config.connect_only:
@@ -302,6 +312,7 @@ async def bench(
     async def stopper() -> None:
         assert stop is not None
         await stop.wait()
+        run.stopped = True
         meter.stop_at = min(meter.stop_at, clock())
 
     with trio.CancelScope() as stop_scope:
