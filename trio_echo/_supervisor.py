@@ -133,13 +133,21 @@ class Supervisor:
         # Started from this (the main) thread on purpose: PR_SET_PDEATHSIG fires
         # when the *thread* that forked the child exits, and trio.run_process
         # forks from a worker thread that trio may retire while the child runs.
-        process = subprocess.Popen(  # noqa: ASYNC220 -- see above; fork+exec is quick
-            spec.command,
-            pass_fds=spec.pass_fds,
-            process_group=0,
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-        )
+        # SIGINT blocked across the fork: the worker inherits the mask and
+        # unblocks it only once a SIGINT can no longer interrupt its start-up
+        # with a traceback (trio_echo.__main__); one arriving here meanwhile is
+        # delivered to this process when it is unblocked, not lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = subprocess.Popen(  # noqa: ASYNC220 -- see above; fork+exec is quick
+                spec.command,
+                pass_fds=spec.pass_fds,
+                process_group=0,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         LOGGER.info("started worker %d (pid %d)", spec.number, process.pid)
         self._running[spec.number] = process
         pidfd = os.pidfd_open(process.pid)
