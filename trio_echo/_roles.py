@@ -21,6 +21,7 @@ import trio
 from ._cli import ProcessOptions
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
+from ._heartbeat import send_heartbeats
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
 from ._server import EchoServer, serve
 from ._signals import dispatch_signals, shutdown_signals
@@ -65,7 +66,7 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
         sockets = _inherited_sockets(options.fds)
         if options.workers > 1:
             return _supervise(config, options, sockets)
-        return _serve_here(config, sockets or None, options.stats_interval)
+        return _serve_here(config, sockets or None, options.stats_interval, options.heartbeat_fd)
     except StartupError as exc:
         report_startup_error(str(exc), options.log_format)
         return EXIT_FAILURE
@@ -100,14 +101,17 @@ def _inherited_sockets(fds: tuple[int, ...] | None) -> list[socket.socket]:
 
 
 def _serve_here(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+    config: ServerConfig,
+    sockets: list[socket.socket] | None,
+    stats_interval: float | None,
+    heartbeat_fd: int | None = None,
 ) -> int:
     """Serve in this process until a signal; return the exit status."""
     raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
     try:
-        stats = trio.run(_serve_until_signalled, config, sockets, stats_interval)
+        stats = trio.run(_serve_until_signalled, config, sockets, stats_interval, heartbeat_fd)
     except* OSError as group:
         failure = _first_os_error(group)
     except* KeyboardInterrupt:
@@ -129,9 +133,16 @@ def _serve_here(
 
 
 async def _serve_until_signalled(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+    config: ServerConfig,
+    sockets: list[socket.socket] | None,
+    stats_interval: float | None,
+    heartbeat_fd: int | None = None,
 ) -> ServerStatistics:
-    """Serve until a signal: the first shuts down gracefully, a second at once."""
+    """Serve until a signal: the first shuts down gracefully, a second at once.
+
+    With *heartbeat_fd* (a ``--workers`` worker), heartbeats go to the
+    supervisor from this loop until the server has stopped.
+    """
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
@@ -156,6 +167,8 @@ async def _serve_until_signalled(
             )
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)
+            if heartbeat_fd is not None:
+                nursery.start_soon(send_heartbeats, heartbeat_fd)
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
     return server.statistics()
@@ -193,7 +206,9 @@ def _supervise(
         )
         specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
     sockets = list({id(sock): sock for group in groups for sock in group}.values())
-    supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
+    supervisor = Supervisor(
+        specs, grace=config.listener.grace, sockets=sockets, worker_timeout=options.worker_timeout
+    )
     return trio.run(supervisor.run)
 
 

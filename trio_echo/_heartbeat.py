@@ -1,0 +1,68 @@
+"""Worker liveness for ``--workers``: heartbeats over a pipe, and the supervisor's watch on them.
+
+A worker whose trio loop is stopped (SIGSTOP, a long synchronous call, a
+deadlock) keeps its listening socket, so the kernel keeps handing it new
+clients, who then wait in its backlog for nothing.  Each worker therefore
+writes one byte to a pipe from a task in its trio loop every
+:data:`HEARTBEAT_INTERVAL` seconds (:func:`send_heartbeats`); the supervisor
+reads the other end (:func:`wait_silent`) and kills a worker that has been
+silent for ``--worker-timeout`` seconds, which the usual restart then
+replaces (as gunicorn's ``--timeout`` does).  The clock starts when the
+worker is started, so a worker stuck while starting up is caught as well.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Final
+
+import trio
+
+__all__ = ["HEARTBEAT_INTERVAL", "send_heartbeats", "wait_silent"]
+
+#: Seconds between two heartbeats: twice a second, so that one beat delayed
+#: by a busy loop never makes a worker look silent for a whole second.
+HEARTBEAT_INTERVAL: Final = 0.5
+
+_BEAT: Final = b"."
+
+
+async def send_heartbeats(fd: int) -> None:
+    """Write a heartbeat to pipe *fd* every :data:`HEARTBEAT_INTERVAL` seconds.
+
+    Runs until cancelled, or returns once the supervisor has closed its end
+    (it is gone; ``PR_SET_PDEATHSIG`` stops this worker).  A full pipe (a
+    supervisor that reads slowly) just skips a beat: the pipe holds thousands.
+    """
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            os.write(fd, _BEAT)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                return
+            raise
+        await trio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def wait_silent(fd: int, silence: float) -> None:
+    """Return once nothing has arrived on pipe *fd* for *silence* seconds.
+
+    Every read resets the clock.  If the writer closes its end (the worker
+    exited), waits until cancelled: the worker's exit is the caller's to see.
+    """
+    os.set_blocking(fd, False)
+    while True:
+        with trio.move_on_after(silence) as scope:
+            await trio.lowlevel.wait_readable(fd)
+        if scope.cancelled_caught:
+            return
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not data:
+            await trio.sleep_forever()
