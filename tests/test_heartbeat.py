@@ -68,3 +68,28 @@ async def test_exited_worker_is_not_reported_silent(
     with trio.move_on_after(60) as scope:
         await wait_silent(read, 1.0)
     assert scope.cancelled_caught
+
+
+async def test_first_beat_may_take_the_startup_allowance(
+    pipe: tuple[int, int], autojump_clock: trio.testing.MockClock
+) -> None:
+    read, _ = pipe
+    started = trio.current_time()
+    await wait_silent(read, 1.0, first=30.0)
+    assert trio.current_time() - started == pytest.approx(30.0)
+
+
+async def test_after_the_first_beat_the_timeout_applies(
+    pipe: tuple[int, int], autojump_clock: trio.testing.MockClock
+) -> None:
+    read, write = pipe
+
+    async def one_beat_at_5s() -> None:
+        await trio.sleep(5)
+        os.write(write, b".")
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one_beat_at_5s)
+        await wait_silent(read, 1.0, first=30.0)
+    assert trio.current_time() - started == pytest.approx(6.0)

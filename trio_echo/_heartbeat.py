@@ -7,8 +7,10 @@ writes one byte to a pipe from a task in its trio loop every
 :data:`HEARTBEAT_INTERVAL` seconds (:func:`send_heartbeats`); the supervisor
 reads the other end (:func:`wait_silent`) and kills a worker that has been
 silent for ``--worker-timeout`` seconds, which the usual restart then
-replaces (as gunicorn's ``--timeout`` does).  The clock starts when the
-worker is started, so a worker stuck while starting up is caught as well.
+replaces (as gunicorn's ``--timeout`` does).  Before its first heartbeat a
+worker gets at least :data:`STARTUP_ALLOWANCE` seconds: importing Python and
+trio on a loaded machine can take seconds, and a short timeout must not turn
+start-up into a restart loop; a worker stuck while starting is still caught.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Final
 
 import trio
 
-__all__ = ["HEARTBEAT_INTERVAL", "send_heartbeats", "wait_silent"]
+__all__ = ["HEARTBEAT_INTERVAL", "STARTUP_ALLOWANCE", "send_heartbeats", "wait_silent"]
 
 #: Seconds between two heartbeats: twice a second, so that one beat delayed
 #: by a busy loop never makes a worker look silent for a whole second.
 HEARTBEAT_INTERVAL: Final = 0.5
+
+#: Seconds a worker has, at least, from its start to its first heartbeat.
+STARTUP_ALLOWANCE: Final = 30.0
 
 _BEAT: Final = b"."
 
@@ -48,15 +53,17 @@ async def send_heartbeats(fd: int) -> None:
         await trio.sleep(HEARTBEAT_INTERVAL)
 
 
-async def wait_silent(fd: int, silence: float) -> None:
-    """Return once nothing has arrived on pipe *fd* for *silence* seconds.
+async def wait_silent(fd: int, silence: float, *, first: float | None = None) -> None:
+    """Return once nothing has arrived on pipe *fd* for *silence* seconds
+    (*first* seconds, if given, before anything has arrived at all).
 
     Every read resets the clock.  If the writer closes its end (the worker
     exited), waits until cancelled: the worker's exit is the caller's to see.
     """
     os.set_blocking(fd, False)
+    wait = silence if first is None else first
     while True:
-        with trio.move_on_after(silence) as scope:
+        with trio.move_on_after(wait) as scope:
             await trio.lowlevel.wait_readable(fd)
         if scope.cancelled_caught:
             return
@@ -64,5 +71,6 @@ async def wait_silent(fd: int, silence: float) -> None:
             data = os.read(fd, 4096)
         except BlockingIOError:
             continue
+        wait = silence
         if not data:
             await trio.sleep_forever()

@@ -35,7 +35,7 @@ from typing import Final
 import attrs
 import trio
 
-from ._heartbeat import wait_silent
+from ._heartbeat import STARTUP_ALLOWANCE, wait_silent
 from ._signals import dispatch_signals, shutdown_signals
 
 __all__ = ["Supervisor", "WorkerSpec", "die_with_parent"]
@@ -207,7 +207,8 @@ class Supervisor:
         """Kill *process* once it has sent no heartbeat for the worker timeout
         (not during a shutdown: :meth:`_kill_after` bounds that)."""
         assert self._worker_timeout is not None
-        await wait_silent(beats, self._worker_timeout)
+        timeout = self._worker_timeout
+        await wait_silent(beats, timeout, first=max(timeout, STARTUP_ALLOWANCE))
         if self._stopping:
             return
         self.unresponsive += 1
@@ -215,7 +216,7 @@ class Supervisor:
             "worker %d (pid %d) sent no heartbeat for %.1f s: killing it",
             spec.number,
             process.pid,
-            self._worker_timeout,
+            timeout,
         )
         process.kill()
 
