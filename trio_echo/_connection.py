@@ -77,7 +77,11 @@ class Connection:
       (or in a step before echoing) stops waiting at once, one busy echoing
       finishes the echo in progress; either way every byte already read is
       echoed, then the connection half-closes and closes. Cancelling the task
-      running :meth:`serve` closes the transport at once.
+      running :meth:`serve` closes the transport at once -- except once the
+      *grace_ends* given to :meth:`stop` has passed: the grace ran out, and
+      the connection still closes cleanly (half-close, then discard the
+      client's input until its EOF, at most ``drain_timeout``, shielded), so
+      a client that reads gets EOF, not a reset.
     """
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
@@ -85,6 +89,7 @@ class Connection:
         "_clock",
         "_config",
         "_deadline",
+        "_grace_ends",
         "_idle",
         "_on_close",
         "_protocol",
@@ -131,6 +136,7 @@ class Connection:
         self._scope = trio.CancelScope()
         self._deadline = math.inf
         self._stopping = False
+        self._grace_ends = math.inf
         self._receiving = False
         self._unyielded = 0
         self._unsent: Data = b""
@@ -143,9 +149,11 @@ class Connection:
         """The transport the connection runs over (the outermost wrapper)."""
         return self._transport
 
-    def stop(self) -> None:
-        """Ask for a graceful stop (see the class docstring)."""
+    def stop(self, *, grace_ends: float = math.inf) -> None:
+        """Ask for a graceful stop (see the class docstring); a cancellation
+        from *grace_ends* (trio time) on still closes cleanly."""
         self._stopping = True
+        self._grace_ends = grace_ends
         if self._receiving:
             self._scope.cancel()
 
@@ -158,9 +166,11 @@ class Connection:
         """
         reason = ERROR
         transport = self._transport
+        echoing = False
         try:
             if self._steps:
                 await self._run_steps()
+            echoing = True
             protocol = self._protocol
             if self._idle is not None:
                 # With the slack from the start, the deadline need not move
@@ -212,6 +222,12 @@ class Connection:
             reason = await self._finish()
         except trio.Cancelled:
             reason = SHUTDOWN if self._stopping else CANCELLED
+            if echoing and self._stopping and self._clock.current_time() >= self._grace_ends:
+                # The grace ran out ("stop now" with a grace of 0): the echo in
+                # progress is abandoned, but a close with unread input would be a
+                # reset that erases echoes the client has not read yet.
+                with trio.CancelScope(shield=True):
+                    await self._close_cleanly()
             raise
         except Ended as ended:
             reason = ended.reason

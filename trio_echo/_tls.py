@@ -228,9 +228,12 @@ class TLSTransport(Wrapper):
         ssl_stream = self._ssl
         # pending() is forwarded to the SSLObject; the reads below take only
         # what it already holds, so they do no I/O.
-        while pending := ssl_stream.pending():
-            await ssl_stream.receive_some(pending)
-            LOGGER.debug("%s: discarded %d decrypted bytes at close", self._peer(), pending)
+        with contextlib.suppress(trio.BrokenResourceError):
+            # Broken (a send cut short when the grace ran out): aclose() then
+            # sends the TCP FIN alone, which is all that is left to do.
+            while pending := ssl_stream.pending():
+                await ssl_stream.receive_some(pending)
+                LOGGER.debug("%s: discarded %d decrypted bytes at close", self._peer(), pending)
         await ssl_stream.aclose()
 
     # discard_until_eof, close: the inner transport's (after close_notify the
