@@ -350,41 +350,46 @@ class Soak:
     # ---- chaos and sampling ----
 
     async def chaos_loop(self) -> None:
+        """One action every --chaos-interval seconds (each in a task of its own,
+        so a SIGSTOP's wait does not delay the next action)."""
         rng = random.Random(self.args.seed)
         actions = ["kill-9", "sigstop", "emfile"]
         step = 0
-        while True:
-            await trio.sleep(self.args.chaos_interval)
-            if time.monotonic() + self.args.stop_for + 5 > self.deadline:
-                return
-            server = rng.choice([self.plain, self.tls])
-            pid = server.worker(rng)
-            if pid is None:
-                continue
-            action = actions[step % len(actions)]
-            step += 1
-            t = self.now()
-            self.windows.append((t, t + self.args.stop_for + 15))
-            self.chaos.append({"t": round(t, 1), "action": action, "server": server.name})
-            try:
-                if action == "kill-9":
-                    os.kill(pid, signal.SIGKILL)
-                elif action == "sigstop":
-                    os.kill(pid, signal.SIGSTOP)
-                    await trio.sleep(self.args.stop_for)
-                    try:
-                        os.kill(pid, signal.SIGCONT)
-                    except ProcessLookupError:
-                        # The usual end: the supervisor killed it (--worker-timeout).
-                        self.chaos[-1]["note"] = "killed by the supervisor while stopped"
-                else:
-                    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-                    in_use = len(os.listdir(f"/proc/{pid}/fd"))
-                    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, hard))
-                    await trio.sleep(self.args.stop_for)
-                    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-            except (ProcessLookupError, FileNotFoundError, PermissionError) as exc:
-                self.chaos[-1]["note"] = f"target gone: {exc}"
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(self.args.chaos_interval)
+                if time.monotonic() + self.args.stop_for + 5 > self.deadline:
+                    return
+                server = rng.choice([self.plain, self.tls])
+                pid = server.worker(rng)
+                if pid is not None:
+                    nursery.start_soon(self.act, actions[step % len(actions)], server, pid)
+                    step += 1
+
+    async def act(self, action: str, server: Server, pid: int) -> None:
+        t = self.now()
+        self.windows.append((t, t + self.args.stop_for + 15))
+        record: dict[str, Any] = {"t": round(t, 1), "action": action, "server": server.name}
+        self.chaos.append(record)
+        try:
+            if action == "kill-9":
+                os.kill(pid, signal.SIGKILL)
+            elif action == "sigstop":
+                os.kill(pid, signal.SIGSTOP)
+                await trio.sleep(self.args.stop_for)
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    # The usual end: the supervisor killed it (--worker-timeout).
+                    record["note"] = "killed by the supervisor while stopped"
+            else:
+                soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+                in_use = len(os.listdir(f"/proc/{pid}/fd"))
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, hard))
+                await trio.sleep(self.args.stop_for)
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        except (ProcessLookupError, FileNotFoundError, PermissionError) as exc:
+            record["note"] = f"target gone: {exc}"
 
     async def sample_rss(self) -> None:
         while time.monotonic() < self.deadline:
@@ -412,6 +417,15 @@ class Soak:
                     for _ in range(count):
                         clients.start_soon(self.loop, kind, session, pause)
             nursery.cancel_scope.cancel()
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
 
 
 def free_port() -> int:
@@ -508,6 +522,7 @@ def report(args: argparse.Namespace, soak: Soak, statuses: dict[str, int]) -> No
     servers = (soak.plain, soak.tls)
     result = {
         "duration_s": round(soak.now(), 1),
+        "commit": commit(),
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "connections": dict(soak.connections),
         "outcomes": {kind: dict(c) for kind, c in soak.outcomes.items()},
