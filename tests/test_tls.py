@@ -380,6 +380,20 @@ async def test_clean_close_sends_close_notify_whatever_max_message(
     await wait_until(lambda: server.statistics().closed == 5)
 
 
+async def test_idle_close_after_records_longer_than_max_message_sends_close_notify(
+    certificates: Certificates, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls(), max_message=100, idle_timeout=0.3)
+    client = await MemoryBIOClient.connect(server.port, certificates.client_context())
+    await client.send_record(bytes(range(250)) + bytes(50))
+    # Echoed in full (three receives of at most 100 bytes), then the client
+    # stays silent until the idle timeout.
+    assert await client.receive_until_end() == (bytes(range(250)) + bytes(50), CLOSE_NOTIFY)
+    await client.aclose()
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"idle": 1}
+
+
 async def test_shutdown_with_unread_decrypted_bytes_sends_close_notify(
     certificates: Certificates, echo_server_factory: EchoServerFactory
 ) -> None:
