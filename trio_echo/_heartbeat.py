@@ -21,7 +21,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["HEARTBEAT_INTERVAL", "STARTUP_ALLOWANCE", "send_heartbeats", "wait_silent"]
+__all__ = ["HEARTBEAT_INTERVAL", "STARTUP_ALLOWANCE", "beat", "send_heartbeats", "wait_silent"]
 
 #: Seconds between two heartbeats: twice a second, so that one beat delayed
 #: by a busy loop never makes a worker look silent for a whole second.
@@ -33,23 +33,33 @@ STARTUP_ALLOWANCE: Final = 30.0
 _BEAT: Final = b"."
 
 
-async def send_heartbeats(fd: int) -> None:
-    """Write a heartbeat to pipe *fd* every :data:`HEARTBEAT_INTERVAL` seconds.
+def beat(fd: int) -> bool:
+    """Write one heartbeat to pipe *fd*, now; ``False`` if the supervisor has
+    closed its end (it is gone; ``PR_SET_PDEATHSIG`` stops this worker).
 
-    Runs until cancelled, or returns once the supervisor has closed its end
-    (it is gone; ``PR_SET_PDEATHSIG`` stops this worker).  A full pipe (a
-    supervisor that reads slowly) just skips a beat: the pipe holds thousands.
+    A full pipe (a supervisor that reads slowly) just skips a beat: the pipe
+    holds thousands.
     """
     os.set_blocking(fd, False)
+    try:
+        os.write(fd, _BEAT)
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            return False
+        raise
+    return True
+
+
+async def send_heartbeats(fd: int) -> None:
+    """:func:`beat` every :data:`HEARTBEAT_INTERVAL` seconds, the first at once.
+
+    Runs until cancelled, or returns once the supervisor is gone.
+    """
     while True:
-        try:
-            os.write(fd, _BEAT)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                return
-            raise
+        if not beat(fd):
+            return
         await trio.sleep(HEARTBEAT_INTERVAL)
 
 

@@ -21,7 +21,7 @@ import trio
 from ._cli import ProcessOptions
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
-from ._heartbeat import send_heartbeats
+from ._heartbeat import beat, send_heartbeats
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
 from ._server import EchoServer, serve
 from ._signals import dispatch_signals, shutdown_signals
@@ -146,6 +146,10 @@ async def _serve_until_signalled(
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    if heartbeat_fd is not None:
+        # The first beat before "listening": the supervisor then applies its
+        # --worker-timeout, not the start-up allowance, from the moment it serves.
+        beat(heartbeat_fd)
     with shutdown_signals() as signals:
         async with trio.open_nursery() as nursery:
             server: EchoServer = await nursery.start(
