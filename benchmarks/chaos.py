@@ -153,6 +153,9 @@ class Soak:
         self.tls = tls
         self.ctx = ctx
         self.started = time.monotonic()
+        #: What ran: the checkout when the soak started (restarted workers load
+        #: the files as they are then).
+        self.commit = commit()
         self.deadline = self.started + args.duration
         self.connections: collections.Counter[str] = collections.Counter()
         self.outcomes: dict[str, collections.Counter[str]] = collections.defaultdict(
@@ -523,7 +526,7 @@ def report(args: argparse.Namespace, soak: Soak, statuses: dict[str, int]) -> No
     servers = (soak.plain, soak.tls)
     result = {
         "duration_s": round(soak.now(), 1),
-        "commit": commit(),
+        "commit": soak.commit,
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "connections": dict(soak.connections),
         "outcomes": {kind: dict(c) for kind, c in soak.outcomes.items()},
