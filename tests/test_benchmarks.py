@@ -173,3 +173,31 @@ def test_metrics_overhead_runs_both_sides_and_scrapes() -> None:
     assert scrapes
     assert scrapes[0] >= 2
     assert "| ratio on/off |" in done.stdout
+
+
+def test_chaos_smoke_loses_no_byte(tmp_path: Path) -> None:
+    output = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "chaos.py"), "--smoke", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(output.read_text())
+    assert result["bytes_lost"] == result["bytes_corrupted"] == 0
+    assert result["bytes_verified"] > 0
+    assert result["server_exit_status"] == {"plain": 0, "tls": 0}
+    assert result["server_problems"] == []
+    # Every client kind ran, and every chaos action was taken once.
+    kinds = {"echo", "tls-echo", "pipelined", "oversize", "reset", "idle", "slowloris"}
+    assert kinds | {"bad-proxy"} == set(result["connections"])
+    actions = [action["action"] for action in result["chaos_actions"]]
+    assert actions[:3] == ["kill-9", "sigstop", "emfile"]
+    # The clients a server must close were closed, never echoed (how fast is
+    # not asserted: the machine may be loaded).
+    outcomes = result["outcomes"]
+    for kind in ("oversize", "bad-proxy", "idle"):
+        assert "echoed" not in outcomes[kind]
+        assert outcomes[kind].get("closed", 0) + outcomes[kind].get("closed-in-time", 0) > 0
+    assert sum(result["restarts"].values()) >= 2  # the kill -9 and the SIGSTOP

@@ -61,6 +61,8 @@ def usage_error(capsys: pytest.CaptureFixture[str], *arguments: str) -> str:
         (["--fd", "-1"], "--fd", "a descriptor number is >= 0, got -1"),
         (["--fd", "3", "--port", "80"], "--fd", "not allowed with --host or --port"),
         (["--worker-of", "x"], "--worker-of", "expected PID:NUMBER"),
+        (["--worker-timeout", "-1"], "--worker-timeout", "must not be negative"),
+        (["--worker-timeout", "10min"], "--worker-timeout", "unknown unit 'min'"),
         (["--stats-interval", "0"], "--stats-interval", "must be a duration > 0"),
         (["--stats-interval", "-1"], "--stats-interval", "must not be negative"),
         (["--stats-interval", "inf"], "--stats-interval", "invalid duration 'inf'"),
@@ -167,6 +169,8 @@ def test_help_lists_every_option_with_its_units() -> None:
         *("--stall-after", "--reset-after", "--seed", "--version"),
     } <= options
     assert "--worker-of" not in options
+    assert "--heartbeat-fd" not in options
+    assert "--worker-timeout DURATION" in " ".join(text.split())
     flat = " ".join(text.split())
     assert "per worker" in flat
     assert "--workers N" in flat

@@ -198,7 +198,9 @@ async def test_sigterm_under_load_gives_every_client_a_prefix_then_eof(
     for sock in stuck:
         sock.close()
     assert status == 0
-    assert exited < grace + 1, f"exited {exited:.2f} s after SIGTERM"
+    # The stuck clients never read nor close: after the grace, each connection
+    # still closes cleanly, draining for at most drain_timeout (2 s).
+    assert exited < grace + 2 + 1, f"exited {exited:.2f} s after SIGTERM"
     for client in clients:
         assert client.eof_at is not None
         assert client.eof_at - signalled < grace

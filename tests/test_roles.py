@@ -76,6 +76,26 @@ def test_second_sigint_stops_at_once(echo_process: StartProcess) -> None:
     assert "received again: stopping now" in log
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_signals_after_the_shutdown_change_nothing(
+    echo_process: StartProcess, signum: signal.Signals, workers: str
+) -> None:
+    # The same signal again right after the "stopped:" line, several times: the
+    # process must still exit 0, with no KeyboardInterrupt anywhere (not even in
+    # logging.shutdown at exit).  Repeated, because the window is short.
+    for _ in range(5 if workers == "1" else 2):
+        server = echo_process("--workers", workers)
+        server.proc.send_signal(signum)
+        server.wait_for(re.compile("stopped: "))
+        for _ in range(3):
+            server.proc.send_signal(signum)
+        status, log = server.finish()
+        assert status == 0, log
+        assert "Traceback" not in log
+        assert "Exception ignored" not in log
+
+
 # ---- start-up errors: one line, exit 1, JSON with --log-format json ----
 
 

@@ -209,7 +209,7 @@ async def test_grace_expiry_cancels_connections_that_never_finish(
     connect: Connect,
     echo_server_factory: EchoServerFactory,
 ) -> None:
-    server = await echo_server_factory(grace=0.2)
+    server = await echo_server_factory(grace=0.2, drain_timeout=0.5)
     client = await connect(server)
     # The client never reads: the server's echo blocks once the socket buffers fill.
     with trio.move_on_after(1):
@@ -221,6 +221,52 @@ async def test_grace_expiry_cancels_connections_that_never_finish(
     assert trio.current_time() - start < 2
     assert server.statistics().closed_by_reason == {"shutdown": 1}
     await client.aclose()
+
+
+@pytest.mark.parametrize("grace", [0, 0.05])
+async def test_close_after_the_grace_is_clean_for_streaming_clients(
+    echo_server_factory: EchoServerFactory, grace: float
+) -> None:
+    # Clients that send and read without pause: when the grace runs out, each
+    # echo in progress is abandoned, but the close is still a FIN and a drain.
+    server = await echo_server_factory(grace=grace)
+    host, port = server.addresses[0]
+    clients = 50
+    ends: list[str] = []
+
+    async def streaming_client(i: int) -> None:
+        stream = await trio.open_tcp_stream(host, port)
+        sent, received = bytearray(), bytearray()
+        chunk = random.Random(i).randbytes(4096)
+        async with trio.open_nursery() as inner:
+
+            async def write() -> None:
+                while True:
+                    await stream.send_all(chunk)
+                    sent.extend(chunk)
+
+            inner.start_soon(write)
+            try:
+                while data := await stream.receive_some():
+                    received.extend(data)
+                ends.append("eof")
+            except trio.BrokenResourceError:
+                ends.append("reset")
+            inner.cancel_scope.cancel()
+        await trio.aclose_forcefully(stream)
+        assert bytes(received) == bytes(sent[: len(received)])
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                nursery.start_soon(streaming_client, i)
+            # All accepted (one still in the backlog would be reset by the
+            # listener's close), and streaming.
+            await wait_until(lambda: server.statistics().accepted == clients, limit=10)
+            await wait_until(lambda: server.statistics().bytes_out >= clients * 65536, limit=10)
+            server.request_shutdown()
+    assert ends == ["eof"] * clients
+    assert server.statistics().closed_by_reason == {"shutdown": clients}
 
 
 async def test_cancelling_serve_closes_everything(connect: Connect) -> None:

@@ -32,6 +32,7 @@ from .conftest import (
     wait_until,
 )
 from .processes import TRIO_ECHO
+from .tlsclient import CLOSE_NOTIFY, MemoryBIOClient
 
 
 async def open_tls(
@@ -478,3 +479,86 @@ def test_sighup_reloads_the_certificate(spawn: Spawn, tmp_path: Path, workers: s
     status, log = server.finish()
     assert status == 0, log
     assert "Traceback" not in log
+
+
+# ---- close_notify whatever --max-message is (issue 18, item 1) ----
+#
+# A strict TLS client (Python's ssl with suppress_ragged_eofs=False) reports a
+# TCP FIN without close_notify as truncation; the MemoryBIO client tells the two apart.
+
+TWENTY_LINES = b"".join(b"line-%03d\n" % i for i in range(20))  # 180 bytes
+
+
+@pytest.mark.parametrize(
+    ("settings", "sent", "echoed"),
+    [
+        pytest.param(
+            {"rounds": 1, "max_message": 100}, bytes(300), bytes(100), id="rounds-1-of-300"
+        ),
+        pytest.param(
+            {"rounds": 3, "framing": "line", "max_message": 100},
+            TWENTY_LINES,
+            TWENTY_LINES[:27],
+            id="rounds-3-lines",
+        ),
+        pytest.param(
+            {"framing": "line", "max_message": 4}, b"far too long\n", b"", id="line-too-long"
+        ),
+        pytest.param({"rounds": 1}, bytes(300), bytes(300), id="default-max-message"),
+    ],
+)
+async def test_clean_close_sends_close_notify_whatever_max_message(
+    certificates: Certificates,
+    echo_server_factory: EchoServerFactory,
+    settings: dict[str, object],
+    sent: bytes,
+    echoed: bytes,
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls(), **settings)
+    for _ in range(5):
+        client = await MemoryBIOClient.connect(server.port, certificates.client_context())
+        await client.send_record(sent)
+        assert await client.receive_until_end() == (echoed, CLOSE_NOTIFY)
+        await client.aclose()
+    await wait_until(lambda: server.statistics().closed == 5)
+
+
+async def test_idle_close_after_records_longer_than_max_message_sends_close_notify(
+    certificates: Certificates, echo_server_factory: EchoServerFactory
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls(), max_message=100, idle_timeout=0.3)
+    client = await MemoryBIOClient.connect(server.port, certificates.client_context())
+    await client.send_record(bytes(range(250)) + bytes(50))
+    # Echoed in full (three receives of at most 100 bytes), then the client
+    # stays silent until the idle timeout.
+    assert await client.receive_until_end() == (bytes(range(250)) + bytes(50), CLOSE_NOTIFY)
+    await client.aclose()
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"idle": 1}
+
+
+async def test_shutdown_with_unread_decrypted_bytes_sends_close_notify(
+    certificates: Certificates, echo_server_factory: EchoServerFactory
+) -> None:
+    clients = 20
+    server = await echo_server_factory(tls=certificates.tls(), max_message=1000)
+    connected = [
+        await MemoryBIOClient.connect(server.port, certificates.client_context())
+        for _ in range(clients)
+    ]
+    payload = bytes(range(250)) * 20
+    for client in connected:
+        await client.send_record(payload)
+    # Each connection has taken at least one max_message of its 5,000-byte record.
+    await wait_until(lambda: server.statistics().bytes_in >= 1000 * clients)
+    server.request_shutdown()
+    for client in connected:
+        received, end = await client.receive_until_end()
+        # Echoed: a prefix, each byte once; the rest was discarded with the drain.
+        assert payload.startswith(received)
+        assert len(received) >= 1000
+        assert end == CLOSE_NOTIFY
+        await client.aclose()
+    with trio.fail_after(10):
+        await server.wait_stopped()
+    assert server.statistics().closed_by_reason == {"shutdown": clients}

@@ -87,6 +87,32 @@ def test_killed_worker_is_restarted_and_serves(spawn: Spawn, worker_pids: list[i
     wait_gone(worker_pids)
 
 
+def test_stopped_worker_is_killed_and_restarted(spawn: Spawn, worker_pids: list[int]) -> None:
+    parent, port = start_workers(spawn, worker_pids, "--worker-timeout", "1500ms")
+    victim = worker_pids[0]
+    # A worker whose loop no longer runs: without the heartbeat, about half of
+    # the new clients would wait in its backlog until shutdown.
+    os.kill(victim, signal.SIGSTOP)
+    parent.wait_for(
+        rf"WARNING \[supervisor\] worker 1 \(pid {victim}\) sent no heartbeat for 1\.5 s"
+    )
+    parent.wait_for(r"worker 1 was killed by SIGKILL unexpectedly; restarting in 0\.5 s")
+    number, pid = parent.wait_for(STARTED).groups()
+    worker_pids.append(int(pid))
+    assert number == "1"
+    parent.wait_for(r"\[worker 1\] listening on")
+    # Its backlog was kept: whichever socket the kernel picks, every client is served.
+    for i in range(20):
+        assert echo_once(port, b"after restart %d" % i) == b"after restart %d" % i
+    parent.signal(signal.SIGTERM)
+    status, log = parent.finish()
+    assert status == 0
+    # Only the stopped worker: the running one was never silent that long.
+    assert "stopped: all 2 workers exited; 1 restarts, 1 unresponsive workers killed" in log
+    assert "Traceback" not in log
+    wait_gone(worker_pids)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_parent_stops_workers_gracefully(
     spawn: Spawn, worker_pids: list[int], signum: signal.Signals

@@ -37,6 +37,10 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 EXIT_USAGE = 2
 
+#: --worker-timeout's default, in seconds: gunicorn's --timeout is 30; an echo
+#: worker's loop never blocks for long, so a third of that is ample.
+WORKER_TIMEOUT = 10.0
+
 T = TypeVar("T")
 
 
@@ -63,6 +67,11 @@ class ProcessOptions:
     """For a worker under a ``--metrics`` supervisor: the pipe for its reports."""
     warnings: tuple[str, ...] = ()
     """Unknown ``TRIO_ECHO_*`` variables, to log once logging is set up."""
+    worker_timeout: float | None = None
+    """``--workers``: seconds a worker may send no heartbeat before it is killed
+    and restarted (``None``: never)."""
+    heartbeat_fd: int | None = None
+    """For a worker: the pipe to send heartbeats on (set by the supervisor)."""
 
 
 def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
@@ -225,8 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line, start-up errors included (default: %(default)s)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
+    add(
+        "--worker-timeout",
+        type=DURATION,
+        metavar="DURATION",
+        default=WORKER_TIMEOUT,
+        help="with --workers: kill and restart a worker whose event loop has not "
+        "reported for DURATION (0: never; default: %(default)s s)",
+    )
     # Internal: set by the --workers parent on the command lines of its workers.
     add("--worker-of", metavar="PID:NUMBER", help=argparse.SUPPRESS)
+    add("--heartbeat-fd", type=DESCRIPTOR, metavar="N", help=argparse.SUPPRESS)
     document_environment(parser)
     return parser
 
@@ -364,6 +382,8 @@ def options_from_args(
         stats_interval=args.stats_interval,
         log_level=args.log_level,
         log_format=args.log_format,
+        worker_timeout=args.worker_timeout or None,
+        heartbeat_fd=args.heartbeat_fd,
     )
 
 

@@ -68,7 +68,11 @@ class Connection:
       (or in a step before echoing) stops waiting at once, one busy echoing
       finishes the echo in progress; either way every byte already read is
       echoed, then the connection half-closes and closes. Cancelling the task
-      running :meth:`serve` closes the transport at once.
+      running :meth:`serve` closes the transport at once -- except once the
+      *grace_ends* given to :meth:`stop` has passed: the grace ran out, and
+      the connection still closes cleanly (half-close, then discard the
+      client's input until its EOF, at most ``drain_timeout``, shielded), so
+      a client that reads gets EOF, not a reset.
     """
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
@@ -76,6 +80,7 @@ class Connection:
         "_bucket",
         "_deadline",
         "_ending",
+        "_grace_ends",
         "_protocol",
         "_scope",
         "_shared",
@@ -121,6 +126,8 @@ class Connection:
         # `is`: the loop checks it on every round).
         self._ending: str | None = None
         self._waiting = _NOT_WAITING
+        # From then (trio time) on, a cancellation still closes cleanly (stop()).
+        self._grace_ends = math.inf
         transport.bind(self)
 
     @property
@@ -128,9 +135,11 @@ class Connection:
         """The transport the connection runs over (the outermost wrapper)."""
         return self._transport
 
-    def stop(self) -> None:
-        """Ask for a graceful stop (see the class docstring)."""
+    def stop(self, *, grace_ends: float = math.inf) -> None:
+        """Ask for a graceful stop (see the class docstring); a cancellation
+        from *grace_ends* (trio time) on still closes cleanly."""
         self._ending = SHUTDOWN
+        self._grace_ends = grace_ends
         if self._waiting == _RECEIVING:
             self._wake()
 
@@ -143,9 +152,11 @@ class Connection:
         """
         reason = ERROR
         transport = self._transport
+        echoing = False
         try:
             if self._steps:
                 await self._run_steps()
+            echoing = True
             protocol = self._protocol
             if self._shared.idle is not None:
                 self._start_idle()
@@ -205,6 +216,16 @@ class Connection:
             reason = await self._finish(out)
         except trio.Cancelled:
             reason = SHUTDOWN if self._ending is SHUTDOWN else CANCELLED
+            if (
+                echoing
+                and self._ending is SHUTDOWN
+                and self._shared.clock.current_time() >= self._grace_ends
+            ):
+                # The grace ran out ("stop now" with a grace of 0): the echo in
+                # progress is abandoned, but a close with unread input would be a
+                # reset that erases echoes the client has not read yet.
+                with trio.CancelScope(shield=True):
+                    await self._close_cleanly()
             raise
         except Ended as exc:
             reason = exc.reason

@@ -22,6 +22,7 @@ import trio
 from ._cli import ProcessOptions
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
+from ._heartbeat import beat, send_heartbeats
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
 from ._process_ops import ProcessOperations, log_configuration, reload_on_sighup, start_metrics
 from ._server import EchoServer, serve
@@ -117,7 +118,14 @@ def _serve_here(
         # Logged once the server listens: a start-up failure stays the only line.
         ops.on_started = functools.partial(log_configuration, config, options)
     try:
-        stats = trio.run(_serve_until_signalled, config, sockets, options.stats_interval, ops)
+        stats = trio.run(
+            _serve_until_signalled,
+            config,
+            sockets,
+            options.stats_interval,
+            ops,
+            options.heartbeat_fd,
+        )
     except* StartupError as group:
         raise _first(group) from None
     except* OSError as group:
@@ -145,12 +153,21 @@ async def _serve_until_signalled(
     sockets: list[socket.socket] | None,
     stats_interval: float | None,
     ops: ProcessOperations | None = None,
+    heartbeat_fd: int | None = None,
 ) -> ServerStatistics:
-    """Serve until a signal: the first shuts down gracefully, a second at once."""
+    """Serve until a signal: the first shuts down gracefully, a second at once.
+
+    With *heartbeat_fd* (a ``--workers`` worker), heartbeats go to the
+    supervisor from this loop until the server has stopped.
+    """
     ops = ops or ProcessOperations()
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    if heartbeat_fd is not None:
+        # The first beat before "listening": the supervisor then applies its
+        # --worker-timeout, not the start-up allowance, from the moment it serves.
+        beat(heartbeat_fd)
     # SIGHUP's receiver is open from the start: its default action would end the process.
     with shutdown_signals() as signals, trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async with trio.open_nursery() as nursery:
@@ -176,6 +193,8 @@ async def _serve_until_signalled(
             nursery.start_soon(reload_on_sighup, hangups, server.reload_tls)
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)
+            if heartbeat_fd is not None:
+                nursery.start_soon(send_heartbeats, heartbeat_fd)
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
     return server.statistics()
@@ -232,6 +251,7 @@ def _supervise(
         grace=config.listener.grace,
         sockets=sockets,
         on_exit=None if reports is None else reports.worker_stopped,
+        worker_timeout=options.worker_timeout,
     )
     endpoint = options.metrics
 

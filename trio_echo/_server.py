@@ -79,6 +79,7 @@ class EchoServer:
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
+        self._grace_ends = math.inf
         # When each kind of warning was last logged (see _warn).
         self._last_warning: dict[str, float] = {}
 
@@ -209,9 +210,12 @@ class EchoServer:
             extra=event("stopping", active=len(self._active), grace=grace),
         )
         self._stopping = True
-        handlers.cancel_scope.deadline = trio.current_time() + grace
+        # After the grace, connections are cancelled; each still closes cleanly
+        # (at most drain_timeout more), see Connection.
+        self._grace_ends = trio.current_time() + grace
+        handlers.cancel_scope.deadline = self._grace_ends
         for conn in list(self._active):
-            conn.stop()
+            conn.stop(grace_ends=self._grace_ends)
 
     async def _close_listeners(self) -> None:
         for listener in self.listeners:
@@ -267,7 +271,7 @@ class EchoServer:
         self._tally.accepted += 1
         self._active[conn] = None
         if self._stopping:
-            conn.stop()
+            conn.stop(grace_ends=self._grace_ends)
         # Named after the peer, whose string exists anyway: trio would otherwise
         # format a fresh name for every task.
         handlers.start_soon(conn.serve, name=conn.peer)

@@ -13,6 +13,10 @@ once).  Workers run in their own process group, so a terminal's Ctrl-C reaches
 them only through the parent (once, not twice), and each asks the kernel to
 send it SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so even a parent
 killed with SIGKILL leaves no orphan behind.
+
+With a worker timeout (``--worker-timeout``), a worker that sends no
+heartbeat for that long (:mod:`trio_echo._heartbeat`) is killed and restarted
+like one that died.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Final
 import attrs
 import trio
 
+from ._heartbeat import STARTUP_ALLOWANCE, wait_silent
 from ._signals import dispatch_signals, shutdown_signals
 
 __all__ = ["Supervisor", "WorkerSpec", "die_with_parent"]
@@ -74,10 +79,15 @@ class Supervisor:
         grace: float,
         sockets: Sequence[socket.socket],
         on_exit: Callable[[int], None] | None = None,
+        worker_timeout: float | None = None,
     ) -> None:
         self._workers = tuple(workers)
         self._grace = grace
         self._sockets = tuple(sockets)
+        self._worker_timeout = worker_timeout
+        #: Workers restarted after dying or being killed, and those killed for silence.
+        self.restarts = 0
+        self.unresponsive = 0
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
         self._clean = True
@@ -117,7 +127,12 @@ class Supervisor:
                         workers.start_soon(self._keep_running, spec)
                 nursery.cancel_scope.cancel()
         self._close_sockets()
-        LOGGER.info("stopped: all %d workers exited", len(self._workers))
+        LOGGER.info(
+            "stopped: all %d workers exited; %d restarts, %d unresponsive workers killed",
+            len(self._workers),
+            self.restarts,
+            self.unresponsive,
+        )
         return 0 if self._clean else 1
 
     async def _keep_running(self, spec: WorkerSpec) -> None:
@@ -136,6 +151,7 @@ class Supervisor:
                 return
             failures = 1 if trio.current_time() - started >= RESET_AFTER else failures + 1
             delay = min(BACKOFF_MIN * 2 ** (failures - 1), BACKOFF_MAX)
+            self.restarts += 1
             LOGGER.warning(
                 "worker %d %s unexpectedly; restarting in %.1f s", spec.number, _how(status), delay
             )
@@ -143,17 +159,38 @@ class Supervisor:
                 await self._stop.wait()
 
     async def _run_worker(self, spec: WorkerSpec) -> int:
-        """Start one worker and wait until it exits; return its exit status."""
+        """Start one worker and wait until it exits; return its exit status.
+
+        With a worker timeout, the worker gets the write end of a heartbeat
+        pipe (``--heartbeat-fd``) and is killed with SIGKILL once silent that
+        long (:mod:`trio_echo._heartbeat`); the caller then restarts it.
+        """
+        command, pass_fds = spec.command, spec.pass_fds
+        beats = beat_writer = None
+        if self._worker_timeout is not None:
+            beats, beat_writer = os.pipe()
+            command += (f"--heartbeat-fd={beat_writer}",)
+            pass_fds += (beat_writer,)
         # Started from this (the main) thread on purpose: PR_SET_PDEATHSIG fires
         # when the *thread* that forked the child exits, and trio.run_process
         # forks from a worker thread that trio may retire while the child runs.
-        process = subprocess.Popen(  # noqa: ASYNC220 -- see above; fork+exec is quick
-            spec.command,
-            pass_fds=spec.pass_fds,
-            process_group=0,
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-        )
+        # SIGINT blocked across the fork: the worker inherits the mask and
+        # unblocks it only once a SIGINT can no longer interrupt its start-up
+        # with a traceback (trio_echo.__main__); one arriving here meanwhile is
+        # delivered to this process when it is unblocked, not lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = subprocess.Popen(  # noqa: ASYNC220 -- see above; fork+exec is quick
+                command,
+                pass_fds=pass_fds,
+                process_group=0,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if beat_writer is not None:
+                os.close(beat_writer)
         LOGGER.info("started worker %d (pid %d)", spec.number, process.pid)
         self._running[spec.number] = process
         pidfd = os.pidfd_open(process.pid)
@@ -162,15 +199,40 @@ class Supervisor:
                 # Shielded: a worker is never left unwaited (a zombie, or an orphan
                 # still serving); the signals forwarded from run() and _kill_after
                 # end it, and this reaps it.
-                await trio.lowlevel.wait_readable(pidfd)
+                async with trio.open_nursery() as watch:
+                    if beats is not None:
+                        watch.start_soon(self._kill_if_silent, spec, process, beats)
+                    await trio.lowlevel.wait_readable(pidfd)
+                    watch.cancel_scope.cancel()
         finally:
             os.close(pidfd)
+            if beats is not None:
+                os.close(beats)
             del self._running[spec.number]
         return process.wait()
 
     def signal_workers(self, signum: int) -> None:
         """Send *signum* to every running worker (``SIGHUP``: reload TLS files)."""
         self._signal_all(signum)
+
+    async def _kill_if_silent(
+        self, spec: WorkerSpec, process: subprocess.Popen[bytes], beats: int
+    ) -> None:
+        """Kill *process* once it has sent no heartbeat for the worker timeout
+        (not during a shutdown: :meth:`_kill_after` bounds that)."""
+        assert self._worker_timeout is not None
+        timeout = self._worker_timeout
+        await wait_silent(beats, timeout, first=max(timeout, STARTUP_ALLOWANCE))
+        if self._stopping:
+            return
+        self.unresponsive += 1
+        LOGGER.warning(
+            "worker %d (pid %d) sent no heartbeat for %.1f s: killing it",
+            spec.number,
+            process.pid,
+            timeout,
+        )
+        process.kill()
 
     def _signal_all(self, signum: int) -> None:
         for process in list(self._running.values()):

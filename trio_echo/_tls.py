@@ -229,8 +229,25 @@ class TLSTransport(Wrapper):
             raise self._translate(exc) from exc.__cause__
 
     async def send_eof(self) -> None:
-        """``close_notify``, then the TCP half-close (through :class:`ServerTransport`)."""
-        await self._ssl.aclose()
+        """``close_notify``, then the TCP half-close (through :class:`ServerTransport`).
+
+        Decrypted bytes the loop has not taken (a record longer than
+        ``max_message``) are discarded first, like unread bytes in the kernel:
+        with plaintext still in the SSL object, OpenSSL's second
+        ``SSL_shutdown`` fails with ``APPLICATION_DATA_AFTER_CLOSE_NOTIFY`` and
+        :class:`trio.SSLStream` drops the ``close_notify`` it had built, so the
+        client would see a bare TCP FIN (truncation, to a strict client).
+        """
+        ssl_stream = self._ssl
+        # pending() is forwarded to the SSLObject; the reads below take only
+        # what it already holds, so they do no I/O.
+        with contextlib.suppress(trio.BrokenResourceError):
+            # Broken (a send cut short when the grace ran out): aclose() then
+            # sends the TCP FIN alone, which is all that is left to do.
+            while pending := ssl_stream.pending():
+                await ssl_stream.receive_some(pending)
+                LOGGER.debug("%s: discarded %d decrypted bytes at close", self._peer(), pending)
+        await ssl_stream.aclose()
 
     # discard_until_eof, close: the inner transport's (after close_notify the
     # client's bytes are discarded undecrypted).
