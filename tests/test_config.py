@@ -20,6 +20,9 @@ def test_defaults() -> None:
         "grace": 5.0,
         "proxy_protocol": False,
         "proxy_timeout": 3.0,
+        "tcp": True,
+        "unix": None,
+        "unix_mode": None,
     }
     assert attrs.asdict(config.connection) == {
         "rounds": None,
@@ -35,6 +38,9 @@ def test_defaults() -> None:
             "bandwidth": None,
             "stall_after": None,
             "reset_after": None,
+            "loss": 0.0,
+            "duplicate": 0.0,
+            "reorder": None,
             "seed": None,
         },
     }

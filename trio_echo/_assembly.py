@@ -53,7 +53,7 @@ class ConnectionFactory:
         #: Drawn once per server, and logged, so that a run without a seed can
         #: be replayed with --seed.
         self.fault_seed = faults.seed
-        if self.fault_seed is None and faults.jitter:
+        if self.fault_seed is None and faults.random:
             self.fault_seed = random.SystemRandom().randrange(2**32)
 
     def __call__(self, stream: trio.SocketStream) -> Connection:
@@ -96,8 +96,11 @@ class ConnectionFactory:
 
 
 def peer_of(stream: trio.SocketStream) -> str:
-    """The client's ``host:port``, or ``unknown peer`` if it is already gone."""
+    """The client's ``host:port`` (``unix:PATH`` over a Unix socket, whose
+    clients have no name), or ``unknown peer`` if it is already gone."""
     try:
+        if stream.socket.family == socket.AF_UNIX:
+            return f"unix:{stream.socket.getsockname()}"
         return format_address(stream.socket.getpeername())
     except OSError:
         return "unknown peer"

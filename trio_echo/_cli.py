@@ -22,6 +22,12 @@ from typing import Literal, NoReturn, TypeVar
 
 import attrs
 
+from ._cli_transports import (
+    FIELD_OPTIONS,
+    add_transport_options,
+    check_transport_options,
+    transport_config,
+)
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
 from ._sockets import has_reuseport
 from ._units import parse_duration, parse_rate, parse_size
@@ -204,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the server's statistics every DURATION (> 0; default: off)",
     )
     _add_fault_options(parser)
+    add_transport_options(parser, RATE, SIZE)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     add(
         "--log-format",
@@ -231,7 +238,15 @@ FAULT_OPTIONS = (
         "after SIZE bytes echoed, stop reading and writing until the idle timeout",
     ),
     ("--reset-after", "SIZE", "after echoing SIZE bytes, abort the connection with a TCP reset"),
-    ("--seed", "N", "seed for --jitter, to replay a run (default: drawn at start and logged)"),
+    ("--loss", "PERCENT", "UDP: drop this percentage of the echoes"),
+    ("--duplicate", "PERCENT", "UDP: echo this percentage of the datagrams twice"),
+    ("--reorder", "K", "UDP: hold a datagram back behind the next K echoes, then the next one"),
+    (
+        "--seed",
+        "N",
+        "seed for --jitter, --loss and --duplicate, to replay a run "
+        "(default: drawn at start and logged)",
+    ),
 )
 
 
@@ -244,9 +259,11 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         "SIZE": SIZE,
         "RATE": RATE,
         "N": int,
+        "K": int,
+        "PERCENT": float,
     }
     for option, metavar, text in FAULT_OPTIONS:
-        default = 0.0 if metavar == "DURATION" else None
+        default = 0.0 if metavar in ("DURATION", "PERCENT") else None
         faults.add_argument(
             option, type=types[metavar], metavar=metavar, default=default, help=text
         )
@@ -278,8 +295,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError(
             "certfile is required by --keyfile, --tls-client-ca and --tls-handshake-timeout"
         )
+    tcp, udp = transport_config(args)
     return ServerConfig(
         tls=tls,
+        udp=udp,
         listener=ListenerConfig(
             host=host,
             port=defaults.port if args.port is None else args.port,
@@ -289,6 +308,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             proxy_timeout=(
                 defaults.proxy_timeout if args.proxy_timeout is None else args.proxy_timeout
             ),
+            tcp=tcp,
+            unix=args.unix,
+            unix_mode=args.unix_mode,
         ),
         connection=ConnectionConfig(
             rounds=args.rounds,
@@ -324,6 +346,7 @@ def options_from_args(
     # A worker's command line repeats the parent's --host/--port next to its --fd.
     if args.fd and worker_of is None and (args.host is not None or args.port is not None):
         parser.error("argument --fd: not allowed with --host or --port")
+    check_transport_options(parser, args)
     return ProcessOptions(
         arguments=tuple(arguments),
         workers=args.workers,
@@ -336,7 +359,11 @@ def options_from_args(
 
 
 # Config fields whose option is not simply --field-name.
-OPTION_FOR_FIELD = {"client_ca": "--tls-client-ca", "handshake_timeout": "--tls-handshake-timeout"}
+OPTION_FOR_FIELD = {
+    "client_ca": "--tls-client-ca",
+    "handshake_timeout": "--tls-handshake-timeout",
+    **FIELD_OPTIONS,
+}
 
 
 def _option_for(message: str) -> str:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
+import attrs
 import trio
 
 from ._stats import ServerStatistics
@@ -105,6 +106,8 @@ def counters(stats: ServerStatistics) -> dict[str, object]:
         "bytes_out": stats.bytes_out,
         "limit_waits": stats.limit_waits,
         "accept_errors": stats.accept_errors,
+        # UDP (issue 15): present only when the server serves UDP.
+        **({} if stats.udp is None else {"udp": attrs.asdict(stats.udp)}),
     }
 
 

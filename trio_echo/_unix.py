@@ -1,0 +1,96 @@
+"""The Unix domain listening socket: stale files replaced, live ones refused, removed at the end.
+
+A server that died leaves its socket file behind, and ``bind()`` then fails
+with ``EADDRINUSE`` although nobody listens.  :func:`bind_unix` tells the two
+apart the way a client would: it connects.  Refused -> the file is stale and
+is replaced; accepted -> another server is live there and this one does not
+start.  A path that exists and is not a socket is never removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+
+__all__ = ["UnixSocketFile", "bind_unix"]
+
+# Until chmod() sets the requested mode, the file is created owner-only, so
+# there is no moment when it is more open than asked for.
+_PRIVATE_UMASK = 0o177
+
+
+class UnixSocketFile:
+    """The socket file a server created: removed at shutdown only if it is
+    still the same file (another server may have replaced it since)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        info = os.stat(path)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def remove(self) -> None:
+        """Remove the file if it is still ours; never raises."""
+        with contextlib.suppress(OSError):
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._identity:
+                os.unlink(self.path)
+
+
+def bind_unix(
+    path: str | os.PathLike[str], *, mode: int | None, backlog: int
+) -> tuple[socket.socket, UnixSocketFile]:
+    """A listening Unix stream socket at *path* and the file to remove at shutdown.
+
+    Raises:
+      OSError: with ``EADDRINUSE`` if a live server listens at *path*, with
+        ``EEXIST`` if *path* exists and is not a socket, or whatever
+        ``bind()``/``chmod()`` raise (no such directory, permission denied).
+        Nothing stays open or created.
+    """
+    name = os.fspath(path)
+    _remove_if_stale(name)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    created = None
+    try:
+        old_umask = os.umask(_PRIVATE_UMASK) if mode is not None else None
+        try:
+            sock.bind(name)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        created = UnixSocketFile(name)
+        if mode is not None:
+            os.chmod(name, mode)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        if created is not None:
+            created.remove()
+        raise
+    return sock, created
+
+
+def _remove_if_stale(path: str) -> None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        # Nobody listens: a socket file left by a server that is gone.
+        os.unlink(path)
+        return
+    except OSError:
+        # Cannot tell (a full backlog times out, no permission): leave it alone.
+        raise OSError(errno.EADDRINUSE, f"{path} is in use (a server may be live)") from None
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by a live server")
