@@ -28,6 +28,8 @@ PUBLIC = {
     "ServerConfig",
     "ServerStatistics",
     "TLSConfig",
+    "UDPConfig",
+    "UDPStatistics",
     "__version__",
     "serve",
 }

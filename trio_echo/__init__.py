@@ -24,10 +24,11 @@ if _typing.TYPE_CHECKING:
         ListenerConfig,
         ServerConfig,
         TLSConfig,
+        UDPConfig,
     )
     from ._protocol import EchoProtocol
     from ._server import EchoServer, serve
-    from ._stats import ServerStatistics
+    from ._stats import ServerStatistics, UDPStatistics
 
 __all__ = [
     "ConnectionConfig",
@@ -39,6 +40,8 @@ __all__ = [
     "ServerConfig",
     "ServerStatistics",
     "TLSConfig",
+    "UDPConfig",
+    "UDPStatistics",
     "__version__",
     "serve",
 ]
@@ -54,6 +57,8 @@ _MODULE_OF = {
     "ServerConfig": "._config",
     "ServerStatistics": "._stats",
     "TLSConfig": "._config",
+    "UDPConfig": "._config",
+    "UDPStatistics": "._stats",
     "serve": "._server",
 }
 
