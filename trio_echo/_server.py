@@ -263,7 +263,13 @@ class EchoServer:
         dropped (trio issues #636, #982).
         """
         slots = self._slots
+        # With several listeners (IPv4 and IPv6, TCP and a Unix socket), a slot
+        # held by one listener's idle accept() would starve the others: take
+        # one only once a client is waiting on this listener.
+        shared = len(self.listeners) > 1
         while True:
+            if shared:
+                await trio.lowlevel.wait_readable(listener.socket)
             if slots.value == 0:
                 self._tally.limit_waits += 1
                 self._warn(

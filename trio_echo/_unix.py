@@ -28,15 +28,20 @@ class UnixSocketFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        info = os.stat(path)
-        self._identity = (info.st_dev, info.st_ino)
+        self._identity = _identity(path)
 
     def remove(self) -> None:
         """Remove the file if it is still ours; never raises."""
         with contextlib.suppress(OSError):
-            info = os.stat(self.path)
-            if (info.st_dev, info.st_ino) == self._identity:
+            if _identity(self.path) == self._identity:
                 os.unlink(self.path)
+
+
+def _identity(path: str) -> tuple[int, ...]:
+    # An inode number freed by unlink() is soon reused: the change time and the
+    # file type tell a new file on the same inode from ours.
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, stat.S_IFMT(info.st_mode), info.st_ctime_ns)
 
 
 def bind_unix(
@@ -53,22 +58,25 @@ def bind_unix(
     name = os.fspath(path)
     _remove_if_stale(name)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    created = None
+    bound = False
     try:
         old_umask = os.umask(_PRIVATE_UMASK) if mode is not None else None
         try:
             sock.bind(name)
+            bound = True
         finally:
             if old_umask is not None:
                 os.umask(old_umask)
-        created = UnixSocketFile(name)
         if mode is not None:
             os.chmod(name, mode)
         sock.listen(backlog)
+        # After chmod(), which changes the file's ctime.
+        created = UnixSocketFile(name)
     except BaseException:
         sock.close()
-        if created is not None:
-            created.remove()
+        if bound:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
         raise
     return sock, created
 
