@@ -135,7 +135,7 @@ async def report_statistics(server: HasStatistics, interval: float) -> None:
         by_reason = " ".join(f"{reason}={n}" for reason, n in now.closed_by_reason.items())
         LOGGER.info(
             "stats: active=%d accepted=%d closed=%d (%s) rounds=%d bytes_in=%d bytes_out=%d; "
-            "per second: accepted=%.1f rounds=%.1f bytes_in=%.0f bytes_out=%.0f",
+            "per second: accepted=%.1f rounds=%.1f bytes_in=%.0f bytes_out=%.0f%s",
             now.active,
             now.accepted,
             now.closed,
@@ -147,6 +147,19 @@ async def report_statistics(server: HasStatistics, interval: float) -> None:
             rates["rounds"],
             rates["bytes_in"],
             rates["bytes_out"],
+            _udp_part(now),
             extra=event("stats", **counters(now), interval=round(elapsed, 3), per_second=rates),
         )
         last, last_time = now, now_time
+
+
+def _udp_part(stats: ServerStatistics) -> str:
+    """``; udp: received=.. echoed=.. dropped=.. (reasons)`` for the stats line (issue 15)."""
+    udp = stats.udp
+    if udp is None:
+        return ""
+    reasons = " ".join(f"{reason}={n}" for reason, n in udp.dropped_by_reason.items())
+    return (
+        f"; udp: received={udp.received} echoed={udp.echoed} dropped={udp.dropped}"
+        f" ({reasons or 'none'}) sources={udp.sources}"
+    )
