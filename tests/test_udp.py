@@ -17,6 +17,7 @@ import trio
 from trio.testing import MockClock
 
 from trio_echo import EchoServer, Faults, UDPConfig
+from trio_echo._udp import bind_udp
 from trio_echo._udp_faults import DatagramFaultPlan
 from trio_echo.pytest_plugin import EchoServerFactory
 
@@ -274,3 +275,27 @@ async def test_a_held_datagram_is_released_at_shutdown(
 async def test_statistics_without_udp_have_no_udp_section(echo_server: EchoServer) -> None:
     assert echo_server.statistics().udp is None
     assert echo_server.udp_addresses == ()
+
+
+def test_bind_udp_on_every_address_shares_one_port() -> None:
+    sockets = bind_udp(None, 0, [])
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(ports) == 1
+        assert {sock.family for sock in sockets} <= {socket.AF_INET, socket.AF_INET6}
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_a_udp_port_in_use_fails_before_start_and_closes_tcp(
+    echo_server_factory: EchoServerFactory,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="Address already in use"):
+            await udp_server(echo_server_factory, port=port)
+        # The TCP listener bound first was closed again: the port is free for TCP.
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", port))
