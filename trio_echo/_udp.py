@@ -232,6 +232,9 @@ class UDPEcho:
             try:
                 sock.sendto(data, address)
             except BlockingIOError:
+                # The receive buffer is shared by every UDP socket of the server:
+                # copy the echo out of it before another loop can overwrite it.
+                data = bytes(data)
                 await trio.lowlevel.wait_writable(sock)
                 continue
             except OSError as exc:

@@ -14,6 +14,11 @@ marked ``@pytest.mark.trio``, and they are function-scoped::
         server = await echo_server_factory(rounds=3, framing="line")
         ...
 
+UDP echo and a Unix socket are config fields like any other::
+
+    server = await echo_server_factory(udp=trio_echo.UDPConfig())   # server.udp_addresses
+    server = await echo_server_factory(tcp=False, unix=str(tmp_path / "echo.sock"))
+
 Every server listens on 127.0.0.1 and an ephemeral port, and is stopped
 (cancelled: open connections close with reason ``cancelled``) when the test
 ends.  A server that fails fails the test; it does not hang it.
