@@ -7,6 +7,7 @@ case.  Faults run under ``autojump_clock``, so their timing is exact.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections import Counter
@@ -16,12 +17,13 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from trio_echo import EchoServer, Faults, UDPConfig
-from trio_echo._udp import bind_udp
+from trio_echo import ConnectionConfig, EchoServer, Faults, ServerConfig, UDPConfig
+from trio_echo._udp import UDPEcho, bind_udp
 from trio_echo._udp_faults import DatagramFaultPlan
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import wait_until
+from .conftest import StartProcess, wait_until
+from .processes import echo_once
 
 UNLIMITED = UDPConfig(source_rate=None, source_bytes=None, global_rate=None, global_bytes=None)
 
@@ -140,14 +142,15 @@ async def test_a_flood_from_one_source_is_rate_limited(
     with await client() as sock:
         for i in range(sent):
             await sock.sendto(b"%d" % i, server.udp_addresses[0])
-        elapsed = trio.current_time() - start
         received = 0
         while await reply(sock, 0.2) is not None:
             received += 1
+        elapsed = trio.current_time() - start
     udp = server.statistics().udp
     assert udp is not None
-    # One second's burst, plus what the elapsed time refilled.
+    # One second's burst, plus at most what the elapsed time refilled.
     assert received == udp.echoed <= 50 + 50 * elapsed + 1
+    assert udp.echoed < sent / 4
     assert udp.dropped_by_reason["dropped_rate_source"] == udp.received - udp.echoed > 0
     assert udp.sources == 1
 
@@ -176,14 +179,17 @@ async def test_many_sources_keep_the_table_bounded(
 async def test_global_limit_caps_many_sources(echo_server_factory: EchoServerFactory) -> None:
     server = await udp_server(echo_server_factory, udp=UDPConfig(global_rate=20))
     socks = [await client(f"127.2.0.{i}") for i in range(1, 61)]
+    start = trio.current_time()
     for sock in socks:
         await sock.sendto(b"x", server.udp_addresses[0])
     await wait_until(lambda: server.statistics().udp.received == 60)  # type: ignore[union-attr]
+    elapsed = trio.current_time() - start
     for sock in socks:
         sock.close()
     udp = server.statistics().udp
     assert udp is not None
-    assert 20 <= udp.echoed <= 22
+    # The burst of 20, plus at most what the elapsed time refilled.
+    assert 20 <= udp.echoed <= 20 + 20 * elapsed + 1
     assert udp.dropped_by_reason["dropped_rate_global"] == 60 - udp.echoed
 
 
@@ -299,3 +305,91 @@ async def test_a_udp_port_in_use_fails_before_start_and_closes_tcp(
         # The TCP listener bound first was closed again: the port is free for TCP.
         with socket.socket() as tcp:
             tcp.bind(("127.0.0.1", port))
+
+
+class FlakySocket:
+    """A real UDP socket whose first sends fail with the given errors."""
+
+    def __init__(self, sock: socket.socket, *errors: OSError) -> None:
+        self._sock = sock
+        self._errors = list(errors)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def sendto(self, data: bytes, address: Any) -> int:
+        if self._errors:
+            raise self._errors.pop(0)
+        return self._sock.sendto(data, address)
+
+
+def endpoint(**faults: Any) -> UDPEcho:
+    config = ServerConfig(udp=UDPConfig(), connection=ConnectionConfig(faults=Faults(**faults)))
+    return UDPEcho(config, [], fault_seed=1, fault_events=Counter())
+
+
+async def test_a_full_send_buffer_waits_and_a_failed_send_is_counted() -> None:
+    udp = endpoint()
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ours,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as theirs,
+    ):
+        ours.bind(("127.0.0.1", 0))
+        theirs.bind(("127.0.0.1", 0))
+        shared = bytearray(b"echo")
+        flaky: Any = FlakySocket(ours, BlockingIOError(), BlockingIOError())
+        await udp._send(flaky, memoryview(shared), theirs.getsockname())
+        assert theirs.recv(10) == b"echo"
+        failing: Any = FlakySocket(ours, PermissionError(1, "Operation not permitted"))
+        await udp._send(failing, b"lost", theirs.getsockname())
+    stats = udp.statistics()
+    assert (stats.echoed, stats.bytes_out) == (1, 4)
+    assert stats.dropped_by_reason == {"dropped_send_error": 1}
+
+
+async def test_delayed_echoes_beyond_the_cap_are_dropped(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("trio_echo._udp.MAX_DELAYED", 3)
+    udp = endpoint(latency=1.0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        echoes = [(1.0, b"x", (sock, ("127.0.0.1", 9))) for _ in range(5)]
+        udp._queue(echoes, 0.0)
+    stats = udp.statistics()
+    assert stats.delayed == 3
+    assert stats.dropped_by_reason == {"dropped_backlog": 2}
+
+
+@pytest.mark.system
+def test_hostile_udp_against_the_console_script(echo_process: StartProcess) -> None:
+    """A flood, many sources, oversize, empty and port-19 datagrams: the server
+    keeps serving TCP and UDP, and its memory stays where it was."""
+    server = echo_process(
+        *("--udp", "--max-message", "1KiB", "--udp-max-sources", "50", "--log-format", "json")
+    )
+    target = ("127.0.0.1", server.port)
+    rss_before = server.rss_kib()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+        for i in range(20_000):
+            flood.sendto(b"x" * (i % 2000), target)  # half of them oversize
+    for i in range(1, 301):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as source:
+            source.bind((f"127.3.{i // 200}.{i % 200 + 1}", 0))
+            source.sendto(b"", target)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as chargen:
+        chargen.bind(("127.0.0.1", 19))
+        chargen.sendto(b"loop", target)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        # The flood's source is over its limit, a fresh one is not.
+        client.sendto(b"still here", target)
+        assert client.recv(100) == b"still here"
+    assert echo_once(server.port, b"tcp too") == b"tcp too"
+    assert server.rss_kib() - rss_before < 2048
+    assert server.stop() == 0
+    udp = json.loads(server.wait_for('"event":"shutdown"').string)["udp"]
+    assert udp["sources"] <= 50
+    assert udp["dropped_by_reason"]["dropped_size"] > 0
+    assert udp["dropped_by_reason"]["dropped_port"] == 1
+    assert udp["dropped_by_reason"]["dropped_rate_source"] > 0
+    assert "Traceback" not in server.log
