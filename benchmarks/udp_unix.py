@@ -313,6 +313,11 @@ def median_of(runs: list[dict[str, Any]], *keys: str) -> float:
     return float(statistics.median(values))
 
 
+def ratio(a: float, b: float) -> float | None:
+    # A short --quick run may use less CPU than one clock tick (10 ms).
+    return round(a / b, 3) if b else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, one repeat")
@@ -352,9 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "repeats": opts.repeat,
         "udp_cpu_us_per_datagram": {"trio-echo": trio_us, "asyncio": asyncio_us},
-        "udp_cpu_ratio_vs_asyncio": round(trio_us / asyncio_us, 3),
+        "udp_cpu_ratio_vs_asyncio": ratio(trio_us, asyncio_us),
         "stream_cpu_us_per_round_trip": {"tcp": tcp_us, "unix": unix_us},
-        "unix_vs_tcp_ratio": round(unix_us / tcp_us, 3),
+        "unix_vs_tcp_ratio": ratio(unix_us, tcp_us),
         "flood": runs[0]["flood"],
     }
     print(json.dumps(summary, indent=2))
