@@ -437,7 +437,8 @@ class ServerConfig:
     """Everything :func:`trio_echo.serve` needs.
 
     Frozen and keyword-only; every part has working defaults, so
-    ``ServerConfig()`` serves plain TCP on 127.0.0.1:9999.  A part of the
+    ``ServerConfig()`` serves plain TCP on 127.0.0.1:9999 (add ``udp`` for UDP
+    echo, ``listener.unix`` for a Unix socket).  A part of the
     wrong class raises :exc:`TypeError` naming the field; no I/O.
 
     Example::

@@ -17,14 +17,15 @@ from ._assembly import ConnectionFactory
 from ._closelog import log_close
 from ._config import ServerConfig
 from ._connection import Connection
+from ._endpoints import bind_other_endpoints
 from ._faults import describe
 from ._logs import event
 from ._reasons import ERROR
 from ._sockets import format_address
 from ._stats import ServerStatistics, Tally
 from ._tls import server_context
-from ._udp import UDPEcho, bind_udp
-from ._unix import UnixSocketFile, bind_unix
+from ._udp import UDPEcho
+from ._unix import UnixSocketFile
 
 __all__ = ["EchoServer", "serve"]
 
@@ -38,9 +39,6 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 
 # How long to wait after one of those before calling accept() again.
 ACCEPT_RETRY_DELAY: Final = 0.100
-
-# The Unix socket's listen backlog when none is configured (as for --workers).
-UNIX_BACKLOG: Final = 4096
 
 # At most one "connection limit reached" or accept-error warning per this many
 # seconds, so a flood cannot flood the log too.
@@ -350,6 +348,13 @@ async def serve(
     :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
     and runs one task per connection.
 
+    With ``config.udp``, also serves UDP echo on each TCP address (or, with
+    ``listener.tcp`` off, on ``host``/``port``): see :class:`UDPConfig`.  With
+    ``listener.unix``, also serves stream echo on that Unix socket (replacing a
+    stale socket file, refusing a live one with :exc:`OSError` ``EADDRINUSE``),
+    and removes the file when it stops.  See :attr:`EchoServer.udp_addresses`
+    and :attr:`EchoServer.unix_path`.
+
     With *listeners*, serves on those instead of binding, and ignores
     ``host``, ``port`` and ``backlog``: this is how a socket bound with
     ``SO_REUSEPORT`` or inherited from systemd is served.  Wrap a listening
@@ -391,33 +396,14 @@ async def serve(
                 listener_config.port, host=listener_config.host, backlog=listener_config.backlog
             )
     listeners = list(listeners)
-    udp_sockets: list[socket.socket] = []
-    unix_file = None
     try:
-        if config.udp is not None:
-            tcp = [
-                listener.socket.getsockname()
-                for listener in listeners
-                if listener.socket.family != socket.AF_UNIX
-            ]
-            udp_sockets = bind_udp(
-                listener_config.host,
-                listener_config.port,
-                [(str(name[0]), int(name[1])) for name in tcp],
-            )
-        if listener_config.unix is not None:
-            sock, unix_file = bind_unix(
-                listener_config.unix,
-                mode=listener_config.unix_mode,
-                backlog=listener_config.backlog or UNIX_BACKLOG,
-            )
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        udp_sockets, unix_listener, unix_file = bind_other_endpoints(config, listeners)
     except BaseException:
-        for sock in udp_sockets:
-            sock.close()
         for listener in listeners:
             await trio.aclose_forcefully(listener)
         raise
+    if unix_listener is not None:
+        listeners.append(unix_listener)
     server = EchoServer(
         config, listeners, ssl_context=context, udp_sockets=udp_sockets, unix_file=unix_file
     )
