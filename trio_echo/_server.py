@@ -349,7 +349,7 @@ async def serve(
     and runs one task per connection.
 
     With ``config.udp``, also serves UDP echo on each TCP address (or, with
-    ``listener.tcp`` off, on ``host``/``port``): see :class:`UDPConfig`.  With
+    ``listener.tcp`` off, on ``host``/``port``): see :class:`~trio_echo.UDPConfig`.  With
     ``listener.unix``, also serves stream echo on that Unix socket (replacing a
     stale socket file, refusing a live one with :exc:`OSError` ``EADDRINUSE``),
     and removes the file when it stops.  See :attr:`EchoServer.udp_addresses`
