@@ -156,7 +156,9 @@ class Faults:
     echo (the server-to-client direction), in this order: *latency* before
     each echo, then the echo is written in pieces (*fragment*, *bandwidth*),
     and the connection halts (*stall_after*, *reset_after*) once the given
-    number of bytes has been echoed.
+    number of bytes has been echoed.  UDP echoes (``ServerConfig.udp``) suffer
+    *latency* and *jitter* and the UDP-only *loss*, *duplicate* and *reorder*;
+    the others act on streams only.
 
     Example::
 
