@@ -75,7 +75,10 @@ def main() -> None:
         aligned = ServerTransport.receive_some
 
         async def unaligned(self: ServerTransport, max_bytes: int | None = None) -> bytes:
-            return bytes(await self.stream.receive_some(max_bytes))
+            transport = self.transport
+            while (data := transport.try_receive()) is None:
+                await transport.wait_receivable()
+            return bytes(data)
 
         for name, receive in (("aligned", aligned), ("unaligned", unaligned)):
             ServerTransport.receive_some = receive  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/run.py                 # everything, 2 repeats, table + JSON + chart
     python benchmarks/run.py --smoke         # tiny load, a few seconds (CI)
     python benchmarks/run.py --servers trio-echo,asyncio-streams --scenarios pingpong-1k
+    python benchmarks/run.py --servers trio-echo --baseline main   # before/after A/B
 
 Each server (``servers.py``) runs in its own subprocess pinned to one core; the
 load generator (``loadgen.c``, compiled here with gcc into a cache directory;
@@ -66,6 +67,23 @@ SCENARIOS = (*PINGPONG, *STREAM, "idle")
 # bottleneck; for the load generator that makes the figures suspect.
 SATURATED = 0.90
 MAX_ROUNDS = 10_000_000
+
+
+# --baseline: git revision -> the directory its tree was exported to.
+BASELINES: dict[str, Path] = {}
+
+
+def export_baseline(ref: str, into: Path) -> Path:
+    """Export the tree of git revision *ref* into *into*; return the directory."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"--baseline {ref}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    BASELINES[ref] = into
+    return into
 
 
 class BenchError(Exception):
@@ -187,10 +205,15 @@ def end_process(proc: subprocess.Popen[str]) -> None:
 
 @contextmanager
 def server(name: str, framing: str, core: int | None, max_conns: int) -> Iterator[Any]:
-    cmd = [sys.executable, str(SERVERS_PY), name, "--framing", framing]
+    kind, _, ref = name.partition("@")
+    cmd = [sys.executable, str(SERVERS_PY), kind, "--framing", framing]
     cmd += ["--max-connections", str(max_conns)]
+    env = None
+    if ref:
+        # trio_echo from that revision shadows the installed one.
+        env = {**os.environ, "PYTHONPATH": str(BASELINES[ref])}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pinned(core), cwd=ROOT
+        cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pinned(core), cwd=ROOT, env=env
     )
     try:
         line = read_line(proc, 30, f"server {name}")
@@ -436,6 +459,17 @@ def markdown(summary: dict[str, Any], servers: list[str], idle_conns: list[int])
             value, base = fig(summary, srv, scenario, name), fig(summary, BASELINE, scenario, name)
             cells.append("—" if value is None or not base else f"{value / base:.2f}x")
         lines.append(f"| {srv} | " + " | ".join(cells) + " |")
+    for before in (srv for srv in servers if srv.startswith("trio-echo@")):
+        # The before/after A/B of --baseline: today's trio-echo over that revision's.
+        cells = []
+        for title, scenario, name in rcols:
+            value, base = (
+                fig(summary, "trio-echo", scenario, name),
+                fig(summary, before, scenario, name),
+            )
+            if value is not None and base:
+                cells.append(f"{title} {value / base:.3f}x")
+        lines += ["", f"trio-echo over {before}: " + ", ".join(cells)]
     line, raw1k = fig(summary, "trio-echo", "line-64", "cpu_us_per_rt"), None
     raw1k = fig(summary, "trio-echo", "pingpong-1k", "cpu_us_per_rt")
     raw64 = fig(summary, "trio-echo", "pingpong-64", "cpu_us_per_rt")
@@ -541,6 +575,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="measure nothing: take the medians over the runs in these result files",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run trio-echo from this git revision (trio-echo@REF), for a before/after A/B",
+    )
     opts = parser.parse_args(argv)
     opts.servers_given = opts.servers is not None
     if opts.smoke:
@@ -555,6 +594,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown server {name!r}; choose from {', '.join(ALL_SERVERS)}")
         if name not in available:
             parser.error(f"server {name!r} needs uvloop (pip install -e '.[bench]')")
+    if opts.baseline:
+        if "trio-echo" not in opts.servers:
+            parser.error("--baseline compares trio-echo: include it in --servers")
+        at = opts.servers.index("trio-echo") + 1
+        opts.servers.insert(at, f"trio-echo@{opts.baseline}")
     opts.scenarios = opts.scenarios.split(",") if opts.scenarios else list(SCENARIOS)
     for name in opts.scenarios:
         if name not in SCENARIOS:
@@ -581,6 +625,9 @@ def measure(
         notes.append("one core only: server and load generator are not pinned")
     else:
         notes.append(f"server on core {opts.cores[0]}, load generator on core {opts.cores[1]}")
+    if opts.baseline:
+        where = export_baseline(opts.baseline, HERE / "results" / f"baseline-{os.getpid()}")
+        notes.append(f"trio-echo@{opts.baseline}: that revision, exported to {where}")
     log(f"{info}; " + "; ".join(notes))
     runs: list[dict[str, Any]] = []
     for repeat in range(opts.repeat):
@@ -599,6 +646,7 @@ def combine(opts: argparse.Namespace) -> tuple[Any, list[str], list[Any]]:
                 if "mode" in figs and "measure_s" in figs:
                     figs.update(derive(figs))
     servers = [s for s in ALL_SERVERS if any(s in run for run in runs)]
+    servers += sorted({s for run in runs for s in run if "@" in s})
     opts.servers = [s for s in opts.servers if s in servers] if opts.servers_given else servers
     opts.idle_conns = docs[0]["settings"]["idle_conns"]
     opts.repeat = len(runs)

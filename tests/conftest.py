@@ -27,11 +27,13 @@ import trio.testing
 import trustme
 
 from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, TLSConfig
+from trio_echo._assembly import Shared
 from trio_echo._config import replace_fields
-from trio_echo._connection import Connection, Step
+from trio_echo._connection import Connection
 from trio_echo._faults import FaultTransport
+from trio_echo._streams import SocketTransport, StreamTransport
 from trio_echo._tls import TLSHandshake, TLSTransport, server_context
-from trio_echo._transports import SocketTransport, StreamTransport, Transport
+from trio_echo._transports import Step, Transport
 
 from .processes import TRIO_ECHO, LoggingProcess
 
@@ -302,7 +304,7 @@ def build_connection(
         )
         steps.append(faulty.start)
         transport = faulty
-    return Connection(transport, config, peer=peer, steps=tuple(steps))
+    return Connection(transport, Shared.of(config), peer=peer, steps=tuple(steps))
 
 
 # ---- TLS certificates ----

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -147,3 +148,53 @@ def test_udp_and_unix_benchmark_runs(tmp_path: Path) -> None:
     if "skipped" not in flood:
         assert flood["datagrams"] == 20000
         assert flood["rss_kib_after_all"] > 0
+
+
+def test_thread_server_benchmark_runs(tmp_path: Path) -> None:
+    # benchmarks/thread_server.py end to end, at a token size: figures printed, no timing asserted.
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "thread_server.py"),
+            "--cycles",
+            "3",
+            "--tests",
+            "3",
+            "--suite-runs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "serve_in_thread start-to-ready + shutdown, 3 cycles: median" in done.stdout
+    assert "3 sync tests, median of 1 runs:" in done.stdout
+
+
+def test_metrics_overhead_runs_both_sides_and_scrapes() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "metrics_overhead.py"),
+            "--trials",
+            "1",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+            "--scrape-interval",
+            "0.5",
+            "--cost-scrapes",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "trial 1 metrics off:" in done.stdout
+    scrapes = [int(n) for n in re.findall(r"metrics on .* scrapes (\d+)", done.stdout)]
+    assert scrapes
+    assert scrapes[0] >= 2
+    assert "| ratio on/off |" in done.stdout

@@ -23,6 +23,9 @@ def test_defaults() -> None:
         "tcp": True,
         "unix": None,
         "unix_mode": None,
+        "proxy_trusted": None,
+        "max_connections_per_ip": None,
+        "connection_rate_per_ip": None,
     }
     assert attrs.asdict(config.connection) == {
         "rounds": None,
@@ -43,8 +46,10 @@ def test_defaults() -> None:
             "reorder": None,
             "seed": None,
         },
+        "hello": None,
     }
     assert not config.connection.faults.enabled
+    assert config.worker == 0
 
 
 @pytest.mark.parametrize(

@@ -240,7 +240,8 @@ async def test_fragment_sends_each_piece_separately(fragment: int, pieces: list[
     assert await conn.serve() == "eof"
     assert stream.sends == pieces
     assert conn.bytes_out == 10
-    assert conn.fault_events == {"fragment": len(pieces)}
+    assert isinstance(conn.transport, FaultTransport)
+    assert conn.transport.events == {"fragment": len(pieces)}
 
 
 async def test_fragment_delay_spaces_the_pieces(

@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_echo import ConnectionConfig
+from trio_echo import ConnectionConfig, Faults
 from trio_echo._connection import IDLE_SLACK, Connection
 from trio_echo.pytest_plugin import EchoServerFactory
 
@@ -366,3 +366,21 @@ async def test_idle_timeout_over_tls(
     await client.aclose()
     await wait_until(lambda: server.statistics().closed == 1)
     assert server.statistics().closed_by_reason == {"idle": 1}
+
+
+async def test_stall_outlasting_the_idle_deadline_it_started_with_ends_as_stalled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The stall times itself; the sweep's bucket for the connection's earlier
+    # deadline comes due in the middle of it and must leave it alone.
+    server_side, client = trio.testing.memory_stream_pair()
+    config = ConnectionConfig(idle_timeout=IDLE, faults=Faults(stall_after=1))
+    conn = build_connection(server_side, config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.serve)
+        await trio.sleep(1)
+        stall_from = trio.current_time()
+        await client.send_all(b"ab")
+        assert await receive_until_eof(client) == b"a"
+        assert trio.current_time() - stall_from == pytest.approx(IDLE)
+    assert conn.reason == "stalled"

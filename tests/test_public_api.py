@@ -30,8 +30,10 @@ PUBLIC = {
     "TLSConfig",
     "UDPConfig",
     "UDPStatistics",
+    "ThreadedEchoServer",
     "__version__",
     "serve",
+    "serve_in_thread",
 }
 
 
@@ -85,6 +87,27 @@ async def test_typing_example_against_the_fixtures(
     await typing_example.check_client(echo_server)
     assert await typing_example.check_factory(echo_server_factory) == 0
     assert typing_example.framing_of(ConnectionConfig(framing="line")) == "line"
+
+
+def test_typing_example_in_a_thread() -> None:
+    stats = typing_example.in_a_thread()
+    assert (stats.accepted, stats.rounds) == (1, 1)
+
+
+def test_typing_example_against_the_threaded_factory(
+    pytester: pytest.Pytester,
+) -> None:
+    # A sync test gets the threaded factory; the typed body runs against it.
+    pytester.syspathinsert(Path(__file__).parent)
+    pytester.makepyfile(
+        test_typed="""
+        import typing_example
+
+        def test_it(echo_server_factory):
+            assert typing_example.check_threaded_factory(echo_server_factory) == "127.0.0.1"
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider", "-W", "error").assert_outcomes(passed=1)
 
 
 @pytest.mark.system

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -13,20 +15,23 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from cryptography import x509
 
-from trio_echo import EchoServer, serve
+from trio_echo import EchoServer, TLSConfig, serve
+from trio_echo._streams import StreamTransport
 from trio_echo._tls import ServerTransport
-from trio_echo._transports import StreamTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import (
     Certificates,
+    Spawn,
     StartProcess,
     make_config,
     receive_exactly,
     receive_until_eof,
     wait_until,
 )
+from .processes import TRIO_ECHO
 
 
 async def open_tls(
@@ -335,3 +340,141 @@ async def test_transport_close_half_closes_and_leaves_the_drain_to_the_connectio
     # Still open: the connection's bounded drain reads what the client sends.
     await client_side.send_all(b"late bytes")
     assert await server_side.receive_some() == b"late bytes"
+
+
+# ---- hardening (issue 16): --tls-min-version, reloading the certificate ----
+
+
+def _client_context(ca: trustme.CA, *, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if maximum is not None:
+        context.maximum_version = maximum
+    return context
+
+
+async def _serial_and_echo(
+    port: int, context: ssl.SSLContext
+) -> tuple[int, trio.SSLStream[trio.SocketStream]]:
+    """Open a TLS connection; the server certificate's serial number, and the stream."""
+    raw = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(raw, context, server_hostname="127.0.0.1")
+    await stream.do_handshake()
+    der = stream.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number, stream
+
+
+@pytest.mark.parametrize(
+    ("minimum", "client_max", "served"),
+    [("1.2", ssl.TLSVersion.TLSv1_2, True), ("1.3", ssl.TLSVersion.TLSv1_2, False)],
+)
+async def test_tls_min_version(
+    echo_server_factory: EchoServerFactory,
+    certificates: Certificates,
+    minimum: str,
+    client_max: ssl.TLSVersion,
+    served: bool,
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls(min_version=minimum), rounds=1)
+    context = _client_context(certificates.ca, maximum=client_max)
+    raw = await trio.open_tcp_stream("127.0.0.1", server.port)
+    client = trio.SSLStream(raw, context, server_hostname="127.0.0.1")
+    if served:
+        await client.send_all(b"x")
+        assert await receive_until_eof(client) == b"x"
+    else:
+        with pytest.raises(trio.BrokenResourceError):
+            await client.do_handshake()
+        await wait_until(lambda: server.statistics().closed_by_reason == {"tls-error": 1})
+    await trio.aclose_forcefully(client)
+
+
+def _issue(ca: trustme.CA, where: Path) -> tuple[Path, Path]:
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = where / "cert.pem", where / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    return certfile, keyfile
+
+
+async def test_reload_tls_serves_the_new_certificate_and_keeps_open_connections(
+    echo_server_factory: EchoServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = trustme.CA()
+    certfile, keyfile = _issue(ca, tmp_path)
+    server = await echo_server_factory(tls=TLSConfig(certfile=certfile, keyfile=keyfile))
+    context = _client_context(ca)
+    old_serial, old = await _serial_and_echo(server.port, context)
+    _issue(ca, tmp_path)  # new files in place
+    assert server.reload_tls() is True
+    new_serial, new = await _serial_and_echo(server.port, context)
+    assert new_serial != old_serial
+    # The connection opened before the reload goes on echoing.
+    for stream in (old, new):
+        await stream.send_all(b"still here")
+        assert await receive_exactly(stream, 10) == b"still here"
+    # A bad new file: logged, and the certificate in use is kept.
+    certfile.write_text("not a certificate")
+    with caplog.at_level(logging.ERROR, logger="trio_echo"):
+        assert server.reload_tls() is False
+    assert "TLS reload failed, keeping the certificate in use: certfile" in caplog.text
+    kept_serial, kept = await _serial_and_echo(server.port, context)
+    assert kept_serial == new_serial
+    for stream in (old, new, kept):
+        await trio.aclose_forcefully(stream)
+
+
+async def test_reload_tls_without_tls_is_a_warning(
+    echo_server_factory: EchoServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await echo_server_factory()
+    assert server.reload_tls() is False
+    assert "does not serve TLS" in caplog.text
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_reloads_the_certificate(spawn: Spawn, tmp_path: Path, workers: str) -> None:
+    ca = trustme.CA()
+    certfile, keyfile = _issue(ca, tmp_path)
+    server = spawn(
+        [
+            TRIO_ECHO,
+            "--port",
+            "0",
+            "--workers",
+            workers,
+            "--certfile",
+            str(certfile),
+            "--keyfile",
+            str(keyfile),
+        ]
+    )
+    if workers == "1":
+        port = int(server.wait_for(r"listening on \S+:(\d+)")[1])
+    else:
+        port = int(server.wait_for(r"starting 2 workers on \S+:(\d+)")[1])
+        for number in (1, 2):
+            server.wait_for(rf"\[worker {number}\] listening on")
+    context = _client_context(ca)
+
+    def serial() -> int:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+            context.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    before = serial()
+    _issue(ca, tmp_path)
+    server.signal(signal.SIGHUP)
+    for _ in range(int(workers)):
+        server.wait_for("TLS certificate reloaded")
+    assert serial() != before
+    server.signal(signal.SIGTERM)
+    status, log = server.finish()
+    assert status == 0, log
+    assert "Traceback" not in log

@@ -7,10 +7,12 @@ test_public_api.py runs it.)
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 import trio_echo
-from trio_echo.pytest_plugin import EchoServerFactory
+from trio_echo.pytest_plugin import EchoServerFactory, ThreadedEchoServerFactory
 
 
 async def embed() -> trio_echo.ServerStatistics:
@@ -48,3 +50,20 @@ async def check_factory(echo_server_factory: EchoServerFactory) -> int:
 
 def framing_of(config: trio_echo.ConnectionConfig) -> trio_echo.Framing:
     return config.framing
+
+
+def in_a_thread() -> trio_echo.ServerStatistics:
+    """serve_in_thread() from synchronous code: a config, overrides on top."""
+    config = trio_echo.ServerConfig(listener=trio_echo.ListenerConfig(host="127.0.0.1", port=0))
+    with trio_echo.serve_in_thread(config, rounds=1) as server:
+        handle: trio_echo.ThreadedEchoServer = server
+        with socket.create_connection((handle.host, handle.port), timeout=5) as sock:
+            sock.sendall(b"typed")
+            assert sock.recv(5) == b"typed"
+    return handle.statistics()
+
+
+def check_threaded_factory(echo_server_factory: ThreadedEchoServerFactory) -> str:
+    """A sync test body using the factory outside trio tests."""
+    server = echo_server_factory(framing="line")
+    return server.host

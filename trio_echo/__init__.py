@@ -4,8 +4,13 @@ Run it from the shell (``trio-echo --rounds 3``), embed it::
 
     server = await nursery.start(trio_echo.serve, trio_echo.ServerConfig())
 
-or start servers from a pytest-trio suite with the fixtures of
-:mod:`trio_echo.pytest_plugin` (``pip install 'trio-echo[pytest]'``).
+run one in a background thread from any Python code (sync, asyncio, unittest)::
+
+    with trio_echo.serve_in_thread(rounds=3) as server:
+        ...  # connect to (server.host, server.port)
+
+or start servers from any pytest suite with the fixtures of
+:mod:`trio_echo.pytest_plugin` (``pip install '/path/to/trio-echo[pytest]'``).
 """
 
 # The names below are imported on first use (PEP 562), so that importing the
@@ -29,6 +34,7 @@ if _typing.TYPE_CHECKING:
     from ._protocol import EchoProtocol
     from ._server import EchoServer, serve
     from ._stats import ServerStatistics, UDPStatistics
+    from ._thread import ThreadedEchoServer, serve_in_thread
 
 __all__ = [
     "ConnectionConfig",
@@ -40,10 +46,12 @@ __all__ = [
     "ServerConfig",
     "ServerStatistics",
     "TLSConfig",
+    "ThreadedEchoServer",
     "UDPConfig",
     "UDPStatistics",
     "__version__",
     "serve",
+    "serve_in_thread",
 ]
 
 # Where each public name is defined.
@@ -59,7 +67,9 @@ _MODULE_OF = {
     "TLSConfig": "._config",
     "UDPConfig": "._config",
     "UDPStatistics": "._stats",
+    "ThreadedEchoServer": "._thread",
     "serve": "._server",
+    "serve_in_thread": "._thread",
 }
 
 

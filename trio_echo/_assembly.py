@@ -7,23 +7,56 @@ means one more wrapper here, not a class per combination.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import random
 import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable
 
+import attrs
 import trio
 
-from ._config import ServerConfig
-from ._connection import Connection, Step
+from ._admission import AddressLimits, PerAddressStep, Refuse, Warnings, host_of, is_trusted
+from ._config import ConnectionConfig, ServerConfig
+from ._connection import Connection
 from ._faults import FaultTransport
+from ._hello import HelloStep, render_hello
 from ._preamble import ProxyHeaderStep
+from ._reasons import PROXY_UNTRUSTED
 from ._sockets import format_address
+from ._streams import SocketTransport
 from ._tls import TLSHandshake, TLSTransport
-from ._transports import SocketTransport, Transport
+from ._transports import Step, Transport
 
-__all__ = ["ConnectionFactory", "peer_of"]
+__all__ = ["ConnectionFactory", "Shared", "peer_of"]
+
+
+@attrs.frozen(kw_only=True)
+class Shared:
+    """What the connections of one server share: one slot per connection, not one each.
+
+    Make it with :meth:`of`, inside the trio run the connections run in.
+    """
+
+    config: ConnectionConfig
+    #: ``config.idle_timeout``, read on every wait.
+    idle: float | None
+    clock: trio.abc.Clock
+    #: Called with the connection once it has closed (its ``reason`` set).
+    on_close: Callable[[Connection], None] | None
+
+    @classmethod
+    def of(
+        cls, config: ConnectionConfig, on_close: Callable[[Connection], None] | None = None
+    ) -> Shared:
+        return cls(
+            config=config,
+            idle=config.idle_timeout,
+            clock=trio.lowlevel.current_clock(),
+            on_close=on_close,
+        )
 
 
 class ConnectionFactory:
@@ -31,7 +64,8 @@ class ConnectionFactory:
 
     Holds what a server's connections share: the receive buffer of every
     plain socket, the SSL context, the fault seed and fault counters, and the
-    close callback.
+    connection config, clock and close callback (:class:`Shared`).  Make it
+    inside the trio run that serves the connections.
     """
 
     def __init__(
@@ -46,6 +80,7 @@ class ConnectionFactory:
         self._ssl_context = ssl_context
         self._fault_events = fault_events
         self._on_close = on_close
+        self._shared = Shared.of(config.connection, on_close)
         # One receive buffer for every plain-TCP connection (see SocketTransport).
         self._buffer = memoryview(bytearray(config.connection.max_message))
         faults = config.connection.faults
@@ -55,6 +90,23 @@ class ConnectionFactory:
         self.fault_seed = faults.seed
         if self.fault_seed is None and faults.random:
             self.fault_seed = random.SystemRandom().randrange(2**32)
+        # --hello: the greeting for each local port, rendered once.
+        self._greetings: dict[int, bytes] = {}
+        # Admission (--proxy-trusted, per-address limits).
+        listener = config.listener
+        self._trusted = None
+        if listener.proxy_trusted is not None:
+            self._trusted = [ipaddress.ip_network(c, strict=False) for c in listener.proxy_trusted]
+        self._refusals = Warnings()
+        self._limits = None
+        if listener.max_connections_per_ip or listener.connection_rate_per_ip:
+            self._limits = AddressLimits(
+                max_open=listener.max_connections_per_ip, rate=listener.connection_rate_per_ip
+            )
+
+    def replace_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Serve new connections with *context* (open ones keep theirs)."""
+        self._ssl_context = context
 
     def __call__(self, stream: trio.SocketStream) -> Connection:
         """The connection for *stream*, which it takes over.
@@ -70,14 +122,26 @@ class ConnectionFactory:
         base = SocketTransport(sock, buffer=self._buffer)
         transport: Transport = base
         steps: list[Step] = []
+        shared = self._shared
         if config.listener.proxy_protocol:
+            if self._trusted is not None and not is_trusted(host_of(peer), self._trusted):
+                refuse = Refuse(PROXY_UNTRUSTED, self._refusals, "not a trusted PROXY source")
+                return Connection(base, shared, peer=peer, steps=(refuse,))
             steps.append(ProxyHeaderStep(base, config.listener.proxy_timeout))
+        if self._limits is not None:
+            admission = PerAddressStep(self._limits, self._on_close)
+            steps.append(admission)
+            # Its own close callback (the address's count goes down first): a
+            # Shared of its own, paid only with per-address limits on.
+            shared = attrs.evolve(shared, on_close=admission.closed)
         if self._ssl_context is not None and config.tls is not None:
             tls = TLSTransport(
                 transport, self._ssl_context, max_bytes=config.connection.max_message
             )
             steps.append(TLSHandshake(tls, config.tls.handshake_timeout))
             transport = tls
+        if config.connection.hello is not None:
+            steps.append(self._hello_step(transport, sock))
         if self.faults_on:
             faulty = FaultTransport(
                 transport,
@@ -89,10 +153,20 @@ class ConnectionFactory:
             transport = faulty
         if not steps:
             # The plain path: no list kept per connection.
-            return Connection(transport, config.connection, peer=peer, on_close=self._on_close)
-        return Connection(
-            transport, config.connection, peer=peer, steps=tuple(steps), on_close=self._on_close
-        )
+            return Connection(transport, shared, peer=peer)
+        return Connection(transport, shared, peer=peer, steps=tuple(steps))
+
+    def _hello_step(self, transport: Transport, sock: socket.socket) -> HelloStep:
+        """The greeting step, sent below the faults (a greeting is not an echo)."""
+        config = self._config
+        assert config.connection.hello is not None
+        port = int(sock.getsockname()[1])
+        greeting = self._greetings.get(port)
+        if greeting is None:
+            greeting = render_hello(config.connection.hello, port=port, worker=config.worker)
+            self._greetings[port] = greeting
+        idle = config.connection.idle_timeout
+        return HelloStep(transport, greeting, math.inf if idle is None else idle)
 
 
 def peer_of(stream: trio.SocketStream) -> str:

@@ -22,6 +22,7 @@ from typing import Literal, NoReturn, TypeVar
 
 import attrs
 
+from ._cli_ops import Endpoint, add_operations_options, check_metrics_available
 from ._cli_transports import (
     FIELD_OPTIONS,
     add_transport_options,
@@ -29,6 +30,7 @@ from ._cli_transports import (
     transport_config,
 )
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
+from ._settings import arguments_from_environment, document_environment
 from ._sockets import has_reuseport
 from ._units import parse_duration, parse_rate, parse_size
 from ._version import __version__
@@ -60,6 +62,13 @@ class ProcessOptions:
     """Seconds between ``stats`` log lines (``None``: none)."""
     log_level: str
     log_format: LogFormat
+    # ---- operations (issue 16) ----
+    metrics: Endpoint | None = None
+    """Where to serve /metrics, /healthz and /readyz (``--metrics``), or ``None``."""
+    stats_fd: int | None = None
+    """For a worker under a ``--metrics`` supervisor: the pipe for its reports."""
+    warnings: tuple[str, ...] = ()
+    """Unknown ``TRIO_ECHO_*`` variables, to log once logging is set up."""
 
 
 def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
@@ -113,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="A TCP echo server built on trio.  Durations take ms or s "
         "(500ms, 1.5s; a plain number is seconds); sizes take B, KiB, MiB or GiB "
         "(64KiB; a plain number is bytes).",
-        epilog="SIGINT or SIGTERM shuts down gracefully; a second one stops at once.",
+        epilog="SIGINT or SIGTERM shuts down gracefully; a second one stops at once.  "
+        "Every option can also be set by the environment variable shown with it "
+        "(flags take 1/0, true/false, yes/no, on/off; --fd a comma-separated list); "
+        "the command line wins; other TRIO_ECHO_* variables are ignored with a warning.",
     )
     add = parser.add_argument
     add(
@@ -211,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_fault_options(parser)
     add_transport_options(parser, RATE, SIZE)
+    add_operations_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     add(
         "--log-format",
@@ -221,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--version", action="version", version=f"%(prog)s {__version__}")
     # Internal: set by the --workers parent on the command lines of its workers.
     add("--worker-of", metavar="PID:NUMBER", help=argparse.SUPPRESS)
+    document_environment(parser)
     return parser
 
 
@@ -286,6 +300,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "keyfile": args.keyfile,
         "client_ca": args.tls_client_ca,
         "handshake_timeout": args.tls_handshake_timeout,
+        "min_version": args.tls_min_version,
     }
     given = {name: value for name, value in tls_options.items() if value is not None}
     tls = None
@@ -293,7 +308,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls = TLSConfig(certfile=args.certfile, **given)
     elif given:
         raise ValueError(
-            "certfile is required by --keyfile, --tls-client-ca and --tls-handshake-timeout"
+            "certfile is required by --keyfile, --tls-client-ca, --tls-min-version "
+            "and --tls-handshake-timeout"
         )
     tcp, udp = transport_config(args)
     return ServerConfig(
@@ -311,6 +327,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             tcp=tcp,
             unix=args.unix,
             unix_mode=args.unix_mode,
+            proxy_trusted=args.proxy_trusted,
+            max_connections_per_ip=args.max_connections_per_ip,
+            connection_rate_per_ip=args.connection_rate_per_ip,
         ),
         connection=ConnectionConfig(
             rounds=args.rounds,
@@ -318,8 +337,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_message=args.max_message,
             idle_timeout=None if args.idle_timeout == 0 else args.idle_timeout,
             faults=Faults(**{name: getattr(args, name) for name in _fault_fields()}),
+            hello=args.hello,
         ),
+        worker=_worker_number(args.worker_of),
     )
+
+
+def _worker_number(worker_of: str | None) -> int:
+    """The NUMBER of ``--worker-of PID:NUMBER`` (0 if absent or malformed: that
+    is a usage error that options_from_args reports)."""
+    number = (worker_of or "").partition(":")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def _fault_fields() -> list[str]:
@@ -347,7 +375,11 @@ def options_from_args(
     if args.fd and worker_of is None and (args.host is not None or args.port is not None):
         parser.error("argument --fd: not allowed with --host or --port")
     check_transport_options(parser, args)
+    if args.metrics is not None and (missing := check_metrics_available()):
+        parser.error(f"argument --metrics: {missing}")
     return ProcessOptions(
+        metrics=args.metrics,
+        stats_fd=args.stats_fd,
         arguments=tuple(arguments),
         workers=args.workers,
         fds=None if args.fd is None else tuple(args.fd),
@@ -363,6 +395,7 @@ OPTION_FOR_FIELD = {
     "client_ca": "--tls-client-ca",
     "handshake_timeout": "--tls-handshake-timeout",
     **FIELD_OPTIONS,
+    "min_version": "--tls-min-version",
 }
 
 
@@ -380,12 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(arguments)
+    # TRIO_ECHO_* variables become arguments before the command line's: it wins.
+    from_environment, warnings = arguments_from_environment(parser, os.environ, arguments)
+    args = parser.parse_args([*from_environment, *arguments])
     try:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.error(f"argument {_option_for(str(exc))}: {exc}")
-    options = options_from_args(parser, args, arguments)
+    options = attrs.evolve(options_from_args(parser, args, arguments), warnings=tuple(warnings))
     # Imported only now: it brings in trio, which --help and --version do not need.
     from ._roles import run
 

@@ -18,7 +18,7 @@ LOGGER = logging.getLogger("trio_echo")
 def log_close(conn: Connection, reason: str, *, faults_on: bool) -> None:
     """Log *conn*'s close with *reason*; with *faults_on*, what was injected."""
     duration = trio.current_time() - conn.started
-    faults = fault_summary(conn.fault_events) if faults_on else None
+    faults = fault_summary(conn.transport) if faults_on else None
     LOGGER.info(
         "closed %s: rounds=%d bytes_in=%d bytes_out=%d duration=%.3fs reason=%s%s",
         conn.peer,

@@ -9,6 +9,7 @@ explicitly; nothing reads configuration from anywhere else.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import typing
@@ -38,6 +39,10 @@ line ending in ``b"\\n"``, echoed with it.  Any other value is rejected by
 """
 
 FRAMINGS: tuple[Framing, ...] = ("raw", "line")
+
+#: The TLS versions TLSConfig.min_version accepts.
+TLSVersion = Literal["1.2", "1.3"]
+TLS_VERSIONS: tuple[TLSVersion, ...] = ("1.2", "1.3")
 
 
 def _int_in_range(lo: int, hi: int | None = None) -> Any:
@@ -248,6 +253,12 @@ class Faults:
         )
 
 
+def _hello_template(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    from ._hello import check_hello
+
+    check_hello(value)
+
+
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
     """What each connection task needs to run the echo loop.
@@ -286,6 +297,36 @@ class ConnectionConfig:
 
     faults: Faults = attrs.field(factory=Faults, validator=_instance_of(Faults, what="a Faults"))
     """Misbehaviour to inject on purpose (see :class:`Faults`); all off by default."""
+
+    # ---- operations (issue 16) ----
+
+    hello: str | None = attrs.field(
+        default=None, validator=_optional([_instance_of(str, what="a str"), _hello_template])
+    )
+    """Send this text (UTF-8) once when a connection opens, before any echo; ``None``
+    (the default) keeps the echo pure.  Placeholders ``{hostname}``, ``{pid}``,
+    ``{worker}`` (:attr:`ServerConfig.worker`) and ``{port}`` (the local port the client
+    reached) name the answering server; ``{{`` and ``}}`` are literal braces.  Not an
+    echo: it counts in neither rounds nor bytes out."""
+
+
+def _networks(instance: ListenerConfig, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: a tuple of CIDR strings, given with proxy_protocol."""
+    import ipaddress
+
+    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"{attribute.name} must be a tuple of CIDR strings, got {_short(value)}")
+    if not value:
+        raise ValueError(f"{attribute.name} must name at least one network (None trusts all)")
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{attribute.name}: {item!r} is not a network like 10.0.0.0/8 or fd00::/8"
+            ) from None
+    if not instance.proxy_protocol:
+        raise ValueError(f"{attribute.name} applies only with proxy_protocol")
 
 
 def _mode_needs_unix(
@@ -353,6 +394,30 @@ class ListenerConfig:
     )
     """Permissions of the socket file (``0o660``); ``None`` leaves them to the umask."""
 
+    # ---- hardening (issue 16) ----
+
+    proxy_trusted: tuple[str, ...] | None = attrs.field(
+        default=None, validator=_optional(_networks)
+    )
+    """With :attr:`proxy_protocol`, honour a PROXY header only from these source
+    networks (CIDR strings such as ``"10.0.0.0/8"``; a bare address is a /32 or
+    /128); a connection from elsewhere is closed with reason ``proxy-untrusted``
+    before anything is read.  ``None``: every source is trusted."""
+
+    max_connections_per_ip: int | None = attrs.field(
+        default=None, validator=_optional(_int_in_range(1))
+    )
+    """At most this many connections open at once from one client address (behind a
+    PROXY balancer: the client the header names); more are closed with reason
+    ``per-ip-limit``.  ``None``: no limit."""
+
+    connection_rate_per_ip: float | None = attrs.field(
+        default=None, validator=_optional(_seconds(allow_zero=False))
+    )
+    """At most this many new connections per second from one client address, with a
+    burst of one second's worth (at least 1); more are closed with reason
+    ``per-ip-rate``.  ``None``: no limit."""
+
 
 @attrs.frozen(kw_only=True)
 class TLSConfig:
@@ -387,6 +452,10 @@ class TLSConfig:
     """A client must complete the TLS handshake within this many seconds of being
     accepted, or it is closed with reason ``tls-error``: a client that connects
     and sends nothing holds a connection slot for no longer than this."""
+
+    min_version: TLSVersion = attrs.field(default="1.2", validator=_one_of(TLS_VERSIONS))
+    """The oldest TLS version accepted: ``"1.2"`` or ``"1.3"``; a client offering only
+    older versions fails the handshake (``tls-error``)."""
 
 
 # -- UDP echo (RFC 862; issue 15) --
@@ -471,6 +540,10 @@ class ServerConfig:
     )
     """Also serve UDP echo with this configuration; ``None`` serves no UDP."""
 
+    worker: int = attrs.field(default=0, validator=_int_in_range(0))
+    """This server's number among ``--workers`` (1 to N), shown as ``{worker}`` in
+    :attr:`ConnectionConfig.hello` and the metrics; ``0`` for a server that is not a worker."""
+
 
 _Config = TypeVar("_Config")
 
@@ -489,7 +562,8 @@ def replace_fields(config: _Config, **overrides: Any) -> _Config:
       TypeError: for a name that no config class has, or that more than one has.
       ValueError, TypeError: from the validators, naming the field.
     """
-    paths = _field_paths(type(config))
+    config_class: type = type(config)
+    paths = _field_paths(config_class)
     by_path: dict[tuple[str, ...], Any] = {}
     for name, value in overrides.items():
         found = paths.get(name, [])
@@ -507,6 +581,9 @@ def replace_fields(config: _Config, **overrides: Any) -> _Config:
     return evolved
 
 
+# Cached: resolving type hints costs milliseconds, and a test suite may start a
+# server per test (callers only read the result).
+@functools.cache
 def _field_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, list[tuple[str, ...]]]:
     """Every field name reachable from *cls*, with each path that leads to it."""
     paths: dict[str, list[tuple[str, ...]]] = {}

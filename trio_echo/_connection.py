@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ._config import ConnectionConfig
+from ._idle import current_sweep
 from ._protocol import Data, EchoProtocol
 from ._reasons import CANCELLED, EOF, ERROR, IDLE, RESET, SHUTDOWN
-from ._transports import Ended, Owner, Transport
+from ._transports import Ended, Step, Transport
 
-__all__ = ["Connection", "Step"]
+__all__ = ["Connection"]
+
+if TYPE_CHECKING:
+    from ._assembly import Shared
 
 LOGGER = logging.getLogger("trio_echo")
 
@@ -37,32 +39,21 @@ _NOTHING: Final = b""
 # data is always ready must not starve the other connections.
 MAX_UNYIELDED: Final = 32
 
-# The idle deadline is moved only when it is this close to stale, so that a
-# busy connection does not re-key trio's deadline heap on every round; the
-# timeout then fires between idle_timeout and idle_timeout * (1 + IDLE_SLACK).
+# The idle timeout fires between idle_timeout and idle_timeout * (1 + IDLE_SLACK):
+# half of the slack lets the deadline move only when it is that close to stale
+# (no sweep bucket change on every round), the other half is the sweep's
+# granularity (see _idle).
 IDLE_SLACK: Final = 0.05
+_HALF_SLACK: Final = IDLE_SLACK / 2
+
+# What a connection is blocked in, for stop() and the idle sweep to wake.
+_NOT_WAITING: Final = 0
+_RECEIVING: Final = 1
+_SENDING: Final = 2
+
 
 # No steps before echoing: one shared empty tuple, nothing per connection.
 _NO_STEPS: Final[tuple[Step, ...]] = ()
-
-
-class Step(Protocol):
-    """One step before the echo loop (a PROXY header, a TLS handshake).
-
-    :meth:`Connection.serve` runs the steps in order, each in a cancel scope
-    with its :attr:`timeout` that :meth:`Connection.stop` cancels (close
-    reason ``shutdown``).  A step ends the connection by raising
-    :exc:`~trio_echo._transports.Ended`; errors are handled as in the loop.
-    """
-
-    #: Seconds the step may take (``math.inf``: unbounded).
-    timeout: float
-
-    async def run(self, owner: Owner) -> None:
-        """Do the step; raise :exc:`~trio_echo._transports.Ended` to end the connection."""
-
-    def timed_out(self, owner: Owner) -> Ended:
-        """Log that the step did not finish in time; the exception that ends the connection."""
 
 
 class Connection:
@@ -82,22 +73,17 @@ class Connection:
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
     __slots__ = (
-        "_clock",
-        "_config",
+        "_bucket",
         "_deadline",
-        "_idle",
-        "_on_close",
+        "_ending",
         "_protocol",
-        "_receiving",
         "_scope",
+        "_shared",
         "_steps",
-        "_stopping",
         "_transport",
-        "_unsent",
-        "_unyielded",
+        "_waiting",
         "bytes_in",
         "bytes_out",
-        "fault_events",
         "peer",
         "reason",
         "rounds",
@@ -107,11 +93,10 @@ class Connection:
     def __init__(
         self,
         transport: Transport,
-        config: ConnectionConfig,
+        shared: Shared,
         *,
         peer: str,
         steps: Sequence[Step] = _NO_STEPS,
-        on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self.peer = peer
         self.started = trio.current_time()
@@ -119,23 +104,23 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason: str | None = None
-        #: Injected fault events of this connection, ``None`` until the first one.
-        self.fault_events: Counter[str] | None = None
         self._transport = transport
         self._steps = steps
-        self._config = config
+        self._shared = shared
+        config = shared.config
         self._protocol = EchoProtocol(
             framing=config.framing, rounds=config.rounds, max_message=config.max_message
         )
-        self._idle = config.idle_timeout
-        self._scope = trio.CancelScope()
+        # The scope of a step before echoing or of a fault's stall, while one runs.
+        self._scope: trio.CancelScope | None = None
         self._deadline = math.inf
-        self._stopping = False
-        self._receiving = False
-        self._unyielded = 0
-        self._unsent: Data = b""
-        self._on_close = on_close
-        self._clock = trio.lowlevel.current_clock()
+        # The idle sweep's bucket for this connection (see _idle).
+        self._bucket: float | None = None
+        # Why the connection is being ended from outside, if it is: SHUTDOWN
+        # (stop()) or IDLE (the idle sweep), those very objects (compared with
+        # `is`: the loop checks it on every round).
+        self._ending: str | None = None
+        self._waiting = _NOT_WAITING
         transport.bind(self)
 
     @property
@@ -145,9 +130,9 @@ class Connection:
 
     def stop(self) -> None:
         """Ask for a graceful stop (see the class docstring)."""
-        self._stopping = True
-        if self._receiving:
-            self._scope.cancel()
+        self._ending = SHUTDOWN
+        if self._waiting == _RECEIVING:
+            self._wake()
 
     async def serve(self) -> str:
         """Run the steps, echo until done, close, and return the close reason.
@@ -162,94 +147,111 @@ class Connection:
             if self._steps:
                 await self._run_steps()
             protocol = self._protocol
-            if self._idle is not None:
-                # With the slack from the start, the deadline need not move
-                # again before a short-lived connection ends.
-                self._move_idle_deadline(
-                    self._clock.current_time() + self._idle * (1 + IDLE_SLACK)
-                )
-            with self._scope:
-                while True:
-                    data = transport.try_receive()
-                    if data is None:
-                        if self._stopping:
-                            break
+            if self._shared.idle is not None:
+                self._start_idle()
+            out: Data = _NOTHING
+            # Rounds since the last trip through the scheduler.
+            unyielded = 0
+            while True:
+                data = transport.try_receive()
+                if data is None:
+                    if self._ending is not None:
+                        break
+                    self._arm_idle()
+                    self._waiting = _RECEIVING
+                    try:
+                        await transport.wait_receivable()
+                    except trio.ClosedResourceError:
+                        # Woken by interrupt(): the idle sweep or stop().
+                        if self._ending is None:
+                            raise
+                        break
+                    finally:
+                        self._waiting = _NOT_WAITING
+                    unyielded = 0
+                    continue
+                out = self._take(data)
+                if self._ending is SHUTDOWN:
+                    # stop() may have tried to wake the wait just as the data
+                    # arrived; the echo is sent after it, bounded by the grace.
+                    out = bytes(out)
+                    break
+                if out:
+                    # As _send(), written out: no coroutine per round.
+                    sent = transport.send_now(out)
+                    if sent != len(out):
+                        # The receive that led here was progress too.
                         self._arm_idle()
-                        self._receiving = True
+                        self._waiting = _SENDING
                         try:
-                            await transport.wait_receivable()
-                        finally:
-                            self._receiving = False
-                        self._unyielded = 0
-                        continue
-                    out = self._take(data)
-                    if self._stopping:
-                        # stop() may have cancelled this scope just as the data
-                        # arrived; the echo is sent after it, bounded by the grace.
-                        self._unsent = bytes(out)
-                        break
-                    if out:
-                        # As _send(), written out: no coroutine per round.
-                        sent = transport.send_now(out)
-                        if sent != len(out):
-                            # The receive that led here was progress too.
-                            self._arm_idle()
                             await transport.send_all(memoryview(out)[sent:])
-                            self._unyielded = 0
-                        self.bytes_out += len(out)
-                        self.rounds = protocol.rounds
-                    if protocol.reason is not None:
-                        break
-                    # Drop the views of the shared buffer before waiting again.
-                    data = out = _NOTHING
-                    self._unyielded += 1
-                    if self._unyielded >= MAX_UNYIELDED:
-                        # Busy without ever blocking: count it as progress, and
-                        # let the other connections run.
-                        self._unyielded = 0
-                        self._arm_idle()
-                        await trio.lowlevel.checkpoint()
-            reason = await self._finish()
+                        finally:
+                            self._waiting = _NOT_WAITING
+                        unyielded = 0
+                    self.bytes_out += len(out)
+                    self.rounds = protocol.rounds
+                # Sent (nothing left for _finish); and no view of the shared
+                # buffer kept while waiting.
+                data = out = _NOTHING
+                if protocol.reason is not None:
+                    break
+                unyielded += 1
+                if unyielded >= MAX_UNYIELDED:
+                    # Busy without ever blocking: count it as progress, and
+                    # let the other connections run.
+                    unyielded = 0
+                    self._arm_idle()
+                    await trio.lowlevel.checkpoint()
+            reason = await self._finish(out)
         except trio.Cancelled:
-            reason = SHUTDOWN if self._stopping else CANCELLED
+            reason = SHUTDOWN if self._ending is SHUTDOWN else CANCELLED
             raise
-        except Ended as ended:
-            reason = ended.reason
-            if ended.drain:
+        except Ended as exc:
+            reason = exc.reason
+            if exc.drain:
                 await self._close_cleanly()
         except (trio.BrokenResourceError, ConnectionError) as exc:
             LOGGER.debug("%s: %s", self.peer, exc or type(exc).__name__)
             reason = RESET
+        except trio.ClosedResourceError:
+            if self._ending is not IDLE:
+                LOGGER.exception("%s: unexpected error; closing the connection", self.peer)
+            else:
+                # Woken by the idle sweep while blocked sending.
+                reason = IDLE
+                await self._close_cleanly()
         except OSError as exc:
             LOGGER.warning("%s: closing after a socket error: %s", self.peer, exc)
         except Exception:
             LOGGER.exception("%s: unexpected error; closing the connection", self.peer)
         finally:
             self.reason = reason
+            if self._bucket is not None:
+                current_sweep().discard(self, self._bucket)
             with trio.CancelScope(shield=True):
                 await transport.close()
             transport.bind(None)
-            if self._on_close is not None:
-                self._on_close(self)
+            if self._shared.on_close is not None:
+                self._shared.on_close(self)
         return reason
 
     async def _run_steps(self) -> None:
         """Each step before echoing, in a scope of its own that stop() cancels."""
         for step in self._steps:
             scope = self._scope = trio.CancelScope(
-                deadline=self._clock.current_time() + step.timeout
+                deadline=self._shared.clock.current_time() + step.timeout
             )
-            if self._stopping:
+            if self._ending is SHUTDOWN:
                 scope.cancel()
-            self._receiving = True
+            self._waiting = _RECEIVING
             try:
                 with scope:
                     await step.run(self)
             finally:
-                self._receiving = False
+                self._waiting = _NOT_WAITING
             if scope.cancelled_caught:
-                raise Ended(SHUTDOWN) if self._stopping else step.timed_out(self)
-        self._scope = trio.CancelScope()
+                raise Ended(SHUTDOWN) if self._ending is SHUTDOWN else step.timed_out(self)
+        self._scope = None
 
     def _take(self, data: Data) -> Data:
         """Feed one chunk (``b""``: EOF) to the protocol; return what to echo."""
@@ -266,20 +268,19 @@ class Connection:
                 # The receive that led here was progress too, however long it waited.
                 self._arm_idle()
                 await self._transport.send_all(memoryview(out)[sent:])
-                self._unyielded = 0
             self.bytes_out += len(out)
         self.rounds = self._protocol.rounds
 
-    async def _finish(self) -> str:
-        """After the echo loop: echo what a stop left over, decide the reason, close."""
+    async def _finish(self, unsent: Data) -> str:
+        """After the echo loop: echo what a stop left *unsent*, decide the reason, close."""
         protocol = self._protocol
-        if self._stopping:
-            await self._send(self._unsent)
+        if self._ending is SHUTDOWN:
+            await self._send(unsent)
             reason = protocol.reason
             if reason is None:
                 reason = SHUTDOWN
                 await self._send(protocol.finish())
-        elif self._scope.cancelled_caught:
+        elif self._ending is IDLE:
             # No progress for idle_timeout, possibly in the middle of an echo.
             reason = IDLE
         else:
@@ -298,7 +299,7 @@ class Connection:
         is already decided: a client resetting now changes nothing.
         """
         try:
-            with trio.move_on_after(self._config.drain_timeout):
+            with trio.move_on_after(self._shared.config.drain_timeout):
                 await self._transport.send_eof()
                 await self._transport.discard_until_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -312,27 +313,26 @@ class Connection:
 
     def defer_idle(self, until: float) -> None:
         """See :meth:`trio_echo._transports.Owner.defer_idle`."""
-        idle = self._idle
+        idle = self._shared.idle
         if idle is not None and until + idle > self._deadline:
-            self._move_idle_deadline(until + idle)
+            self._deadline = until + idle
 
     async def wait_as_idle(self, wait_for: Callable[[], Awaitable[None]]) -> None:
         """See :meth:`trio_echo._transports.Owner.wait_as_idle`."""
-        idle = self._idle
-        deadline = self._clock.current_time() + idle if idle is not None else math.inf
-        # The loop's idle scope must not end this wait as "idle": a scope of its
-        # own times it, and stop() cancels it at once, as a waiting receive.
-        self._move_idle_deadline(math.inf)
+        idle = self._shared.idle
+        deadline = self._shared.clock.current_time() + idle if idle is not None else math.inf
+        # The idle sweep must not end this wait as "idle": a scope of its own
+        # times it, and stop() cancels it at once, as a waiting receive.
+        self._deadline = math.inf
         scope = self._scope = trio.CancelScope(deadline=deadline)
-        self._deadline = deadline
-        if self._stopping:
+        if self._ending is SHUTDOWN:
             return
-        self._receiving = True
+        self._waiting = _RECEIVING
         try:
             with scope:
                 await wait_for()
         finally:
-            self._receiving = False
+            self._waiting = _NOT_WAITING
 
     def echoed(self, nbytes: int, *, whole: bool) -> None:
         """See :meth:`trio_echo._transports.Owner.echoed`."""
@@ -340,23 +340,47 @@ class Connection:
         if whole:
             self.rounds = self._protocol.rounds
 
-    def report_fault(self, event: str) -> None:
-        """See :meth:`trio_echo._transports.Owner.report_fault`."""
-        if self.fault_events is None:
-            self.fault_events = Counter()
-        self.fault_events[event] += 1
+    # ---- the idle sweep's interface (see _idle.Sweepable) ----
+
+    def _start_idle(self) -> None:
+        """Join the idle sweep.  With the slack from the start, the deadline need
+        not move again before a short-lived connection ends."""
+        idle = self._shared.idle
+        assert idle is not None
+        self._deadline = self._shared.clock.current_time() + idle * (1 + _HALF_SLACK)
+        self._bucket = current_sweep().add(self, self._deadline, idle * _HALF_SLACK)
+
+    def idle_check(self, now: float) -> None:
+        """Called by the idle sweep once this connection's bucket is due."""
+        idle = self._shared.idle
+        assert idle is not None
+        if self._deadline <= now and self._waiting != _NOT_WAITING:
+            self._bucket = None
+            if self._ending is None:
+                self._ending = IDLE
+                self._wake()
+        elif self._deadline == math.inf:
+            # A fault's stall times itself (wait_as_idle): out of the sweep.
+            self._bucket = None
+        else:
+            # Progress moved the deadline on (or the connection is running
+            # now, and arms it again before it next waits).
+            deadline = max(self._deadline, now + idle * _HALF_SLACK)
+            self._bucket = current_sweep().add(self, deadline, idle * _HALF_SLACK)
+
+    def _wake(self) -> None:
+        """Wake the wait this connection is blocked in (see stop() and idle_check)."""
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            self._transport.interrupt()
 
     def _arm_idle(self) -> None:
         """Keep the idle deadline at least idle_timeout away: called on progress,
-        right before the connection blocks."""
-        idle = self._idle
+        right before the connection blocks.  Only a float write: the sweep
+        finds the new deadline when the old one comes due."""
+        idle = self._shared.idle
         if idle is not None:
-            deadline = self._clock.current_time() + idle
+            deadline = self._shared.clock.current_time() + idle
             if deadline > self._deadline:
-                self._move_idle_deadline(deadline + idle * IDLE_SLACK)
-
-    def _move_idle_deadline(self, deadline: float) -> None:
-        # Mirrored in a plain attribute: reading CancelScope.deadline is a
-        # property call, and _arm_idle runs before every wait.
-        self._deadline = deadline
-        self._scope.deadline = deadline
+                self._deadline = deadline + idle * _HALF_SLACK

@@ -133,6 +133,8 @@ class FaultTransport(Wrapper):
         self._plan = FaultPlan(faults, seed=seed)
         # The server's counters (statistics); the connection keeps its own.
         self._server_events = events
+        #: This connection's fault events, for its close line.
+        self.events: Counter[str] = Counter()
         self._paced_until = -math.inf
         #: Run before echoing: a count of 0 halts before the first echo.
         self.start = _HaltAtStart(self)
@@ -213,7 +215,7 @@ class FaultTransport(Wrapper):
         await trio.sleep_until(deadline)
 
     def _count(self, event: str) -> None:
-        self._owner_().report_fault(event)
+        self.events[event] += 1
         self._server_events[event] += 1
 
     def _owner_(self) -> Owner:
@@ -269,8 +271,10 @@ def describe(faults: Faults, *, seed: int | None) -> str:
     return " ".join(parts)
 
 
-def fault_summary(events: Counter[str] | None) -> str:
-    """``latency:3,fragment:120`` for a connection's fault events, ``none`` for none."""
+def fault_summary(transport: object) -> str:
+    """``latency:3,fragment:120``: the events of a connection's :class:`FaultTransport`
+    (its outermost transport), ``none`` for none."""
+    events = transport.events if isinstance(transport, FaultTransport) else None
     if not events:
         return "none"
     return ",".join(f"{name}:{count}" for name, count in sorted(events.items()))

@@ -25,6 +25,11 @@ ERROR: Final = "error"
 PROXY_ERROR: Final = "proxy-error"
 TLS_ERROR: Final = "tls-error"
 
+# Decided on admission, before anything is read (issue 16).
+PROXY_UNTRUSTED: Final = "proxy-untrusted"
+PER_IP_LIMIT: Final = "per-ip-limit"
+PER_IP_RATE: Final = "per-ip-rate"
+
 # Decided by an injected fault.
 STALLED: Final = "stalled"
 RESET_INJECTED: Final = "reset-injected"
@@ -41,6 +46,13 @@ ALL: Final = (
     ERROR,
     PROXY_ERROR,
     TLS_ERROR,
+    PROXY_UNTRUSTED,
+    PER_IP_LIMIT,
+    PER_IP_RATE,
     STALLED,
     RESET_INJECTED,
 )
+
+#: Reasons of clients refused on admission: a flood of them must not flood the
+#: log, so they get no close line each, only a warning at most every 10 s.
+REFUSED: Final = frozenset({PROXY_UNTRUSTED, PER_IP_LIMIT, PER_IP_RATE})

@@ -22,6 +22,7 @@ from ._cli import ProcessOptions
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
+from ._process_ops import ProcessOperations, log_configuration, reload_on_sighup, start_metrics
 from ._server import EchoServer, serve
 from ._signals import dispatch_signals, shutdown_signals
 from ._sockets import (
@@ -30,6 +31,7 @@ from ._sockets import (
     listening_socket_from_fd,
     systemd_listen_fds,
 )
+from ._startup import StartupError, describe
 from ._stats import ServerStatistics
 from ._supervisor import Supervisor, WorkerSpec, die_with_parent
 from ._tls import server_context
@@ -43,10 +45,6 @@ EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
 
-class StartupError(Exception):
-    """The server cannot start; the message says why, for the operator."""
-
-
 def run(config: ServerConfig, options: ProcessOptions) -> int:
     """Serve *config* in the role *options* give this process; return the exit status.
 
@@ -57,6 +55,9 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
     if options.worker_of is not None:
         process = f"worker {options.worker_of[1]}"
     configure_logging(options.log_level, options.log_format, process)
+    if options.worker_of is None:  # Workers inherit the same environment: warned once.
+        for warning in options.warnings:
+            LOGGER.warning("%s", warning)
     if options.worker_of is not None and not die_with_parent(options.worker_of[0]):
         LOGGER.error("the supervisor (pid %d) is gone; not starting", options.worker_of[0])
         return EXIT_FAILURE
@@ -65,7 +66,7 @@ def run(config: ServerConfig, options: ProcessOptions) -> int:
         sockets = _inherited_sockets(options.fds)
         if options.workers > 1:
             return _supervise(config, options, sockets)
-        return _serve_here(config, sockets or None, options.stats_interval)
+        return _serve_here(config, sockets or None, options)
     except StartupError as exc:
         report_startup_error(str(exc), options.log_format)
         return EXIT_FAILURE
@@ -100,14 +101,22 @@ def _inherited_sockets(fds: tuple[int, ...] | None) -> list[socket.socket]:
 
 
 def _serve_here(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+    config: ServerConfig, sockets: list[socket.socket] | None, options: ProcessOptions
 ) -> int:
     """Serve in this process until a signal; return the exit status."""
     raise_fd_limit(config.listener.max_connections + FD_RESERVE)
     failure: OSError | None = None
     interrupted = False
+    # A worker's metrics are its supervisor's to serve (from its reports).
+    metrics = options.metrics if options.worker_of is None else None
+    ops = ProcessOperations(metrics=metrics, stats_fd=options.stats_fd)
+    if options.worker_of is None:
+        # Logged once the server listens: a start-up failure stays the only line.
+        ops.on_started = functools.partial(log_configuration, config, options)
     try:
-        stats = trio.run(_serve_until_signalled, config, sockets, stats_interval)
+        stats = trio.run(_serve_until_signalled, config, sockets, options.stats_interval, ops)
+    except* StartupError as group:
+        raise _first(group) from None
     except* OSError as group:
         failure = _first_os_error(group)
     except* KeyboardInterrupt:
@@ -129,14 +138,20 @@ def _serve_here(
 
 
 async def _serve_until_signalled(
-    config: ServerConfig, sockets: list[socket.socket] | None, stats_interval: float | None
+    config: ServerConfig,
+    sockets: list[socket.socket] | None,
+    stats_interval: float | None,
+    ops: ProcessOperations | None = None,
 ) -> ServerStatistics:
     """Serve until a signal: the first shuts down gracefully, a second at once."""
+    ops = ops or ProcessOperations()
     listeners = None
     if sockets is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-    with shutdown_signals() as signals:
+    # SIGHUP's receiver is open from the start: its default action would end the process.
+    with shutdown_signals() as signals, trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async with trio.open_nursery() as nursery:
+            await ops.start_metrics(nursery)
             server: EchoServer = await nursery.start(
                 functools.partial(serve, config, listeners=listeners)
             )
@@ -154,6 +169,8 @@ async def _serve_until_signalled(
                     dispatch_signals, signals, graceful=graceful, immediate=immediate
                 )
             )
+            ops.start_reports(nursery, server)
+            nursery.start_soon(reload_on_sighup, hangups, server.reload_tls)
             if stats_interval is not None:
                 nursery.start_soon(report_statistics, server, stats_interval)
             await server.wait_stopped()
@@ -175,26 +192,71 @@ def _supervise(
             groups = bind_reuseport_groups(listener.host, listener.port, workers, listener.backlog)
         except OSError as exc:
             raise StartupError(f"cannot listen on {_where(config)}: {_describe(exc)}") from None
+    log_configuration(config, options)
     LOGGER.info("starting %d workers on %s", workers, describe_sockets(groups[0]))
     parent = os.getpid()
     specs = []
+    # --metrics: one pipe per worker number for its statistics reports; the
+    # write end stays open here, so that a restarted worker gets it too.
+    pipes = {number: os.pipe() for number in range(1, workers + 1)} if options.metrics else {}
     for number, group in enumerate(groups, start=1):
         fds = tuple(sock.fileno() for sock in group)
         # Explicit --fd options are already in the arguments, with the same numbers.
         fd_options = [] if options.fds else [f"--fd={fd}" for fd in fds]
+        stats_options: list[str] = []
+        if number in pipes:
+            stats_options = [f"--stats-fd={pipes[number][1]}"]
+            fds = (*fds, pipes[number][1])
         command = (
             sys.executable,
             "-m",
             "trio_echo",
             *options.arguments,
             *fd_options,
+            *stats_options,
             "--workers=1",
             f"--worker-of={parent}:{number}",
         )
         specs.append(WorkerSpec(number=number, command=command, pass_fds=fds))
     sockets = list({id(sock): sock for group in groups for sock in group}.values())
-    supervisor = Supervisor(specs, grace=config.listener.grace, sockets=sockets)
-    return trio.run(supervisor.run)
+    reports = None
+    if options.metrics:
+        from ._workerstats import WorkerReports
+
+        reports = WorkerReports()
+    supervisor = Supervisor(
+        specs,
+        grace=config.listener.grace,
+        sockets=sockets,
+        on_exit=None if reports is None else reports.worker_stopped,
+    )
+    endpoint = options.metrics
+
+    async def supervise() -> int:
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            async with trio.open_nursery() as nursery:
+                if endpoint is not None and reports is not None:
+                    await start_metrics(
+                        nursery,
+                        endpoint,
+                        reports.snapshot,
+                        lambda: reports.any_ready and not supervisor.stopping,
+                    )
+                    for number, (read_end, _) in pipes.items():
+                        nursery.start_soon(reports.read, number, read_end)
+
+                def forward() -> None:
+                    supervisor.signal_workers(signal.SIGHUP)
+
+                nursery.start_soon(reload_on_sighup, hangups, forward)
+                status = await supervisor.run()
+                nursery.cancel_scope.cancel()
+        return status
+
+    try:
+        return trio.run(supervise)
+    except* StartupError as group:
+        raise _first(group) from None
 
 
 def _where(config: ServerConfig) -> str:
@@ -210,6 +272,14 @@ def _where(config: ServerConfig) -> str:
     return ", ".join(places)
 
 
+def _first(group: BaseExceptionGroup[StartupError]) -> StartupError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, StartupError)
+    return exc
+
+
 def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -219,4 +289,4 @@ def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
 
 
 def _describe(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    return describe(exc)

@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -68,7 +68,12 @@ class Supervisor:
     """
 
     def __init__(
-        self, workers: Sequence[WorkerSpec], *, grace: float, sockets: Sequence[socket.socket]
+        self,
+        workers: Sequence[WorkerSpec],
+        *,
+        grace: float,
+        sockets: Sequence[socket.socket],
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self._workers = tuple(workers)
         self._grace = grace
@@ -78,6 +83,13 @@ class Supervisor:
         self._clean = True
         self._stop = trio.Event()
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        # Called with a worker's number each time it exits (--metrics: not ready).
+        self._on_exit = on_exit
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a shutdown has started (``/readyz`` answers 503 from then on)."""
+        return self._stopping
 
     async def run(self) -> int:
         """Supervise until the workers have stopped after a signal; return the exit status."""
@@ -113,6 +125,8 @@ class Supervisor:
         while not self._stopping:
             started = trio.current_time()
             status = await self._run_worker(spec)
+            if self._on_exit is not None:
+                self._on_exit(spec.number)
             if self._stopping:
                 # A forwarded signal that arrives while the worker starts up or tears
                 # down (its handlers not installed) ends it by default: still a stop.
@@ -153,6 +167,10 @@ class Supervisor:
             os.close(pidfd)
             del self._running[spec.number]
         return process.wait()
+
+    def signal_workers(self, signum: int) -> None:
+        """Send *signum* to every running worker (``SIGHUP``: reload TLS files)."""
+        self._signal_all(signum)
 
     def _signal_all(self, signum: int) -> None:
         for process in list(self._running.values()):

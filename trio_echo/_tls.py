@@ -36,11 +36,15 @@ import trio
 from ._config import TLSConfig
 from ._protocol import Data
 from ._reasons import TLS_ERROR
-from ._transports import Ended, Owner, Transport, Wrapper
+from ._transports import Ended, Owner, Transport, WaitScopes, Wrapper
 
 __all__ = ["ServerTransport", "TLSHandshake", "TLSTransport", "server_context"]
 
 LOGGER = logging.getLogger("trio_echo")
+
+
+#: TLSConfig.min_version -> the ssl module's version.
+MIN_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -55,6 +59,7 @@ def server_context(tls: TLSConfig) -> ssl.SSLContext:
         or directory``.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = MIN_VERSIONS[tls.min_version]
     files = {"certfile": tls.certfile, "keyfile": tls.keyfile, "client_ca": tls.client_ca}
     for field, path in files.items():
         if path is not None:
@@ -180,6 +185,9 @@ class TLSTransport(Wrapper):
 
     def __init__(self, transport: Transport, context: ssl.SSLContext, *, max_bytes: int) -> None:
         super().__init__(transport)
+        # Waking the socket under the SSLStream would break the TLS stream; a
+        # cancelled receive leaves it usable for the close_notify.
+        self._waits = WaitScopes()
         self._ssl = trio.SSLStream(ServerTransport(transport), context, server_side=True)
         self._max_bytes = max_bytes
         self._received: Data | None = None
@@ -200,9 +208,13 @@ class TLSTransport(Wrapper):
         data, self._received = self._received, None
         return data
 
+    def interrupt(self) -> None:
+        self._waits.interrupt()
+
     async def wait_receivable(self) -> None:
         try:
-            self._received = await self._ssl.receive_some(self._max_bytes)
+            with self._waits.waiting():
+                self._received = await self._ssl.receive_some(self._max_bytes)
         except trio.BrokenResourceError as exc:
             raise self._translate(exc) from exc.__cause__
 
@@ -211,7 +223,8 @@ class TLSTransport(Wrapper):
 
     async def send_all(self, data: Data) -> None:
         try:
-            await self._ssl.send_all(data)
+            with self._waits.waiting():
+                await self._ssl.send_all(data)
         except trio.BrokenResourceError as exc:
             raise self._translate(exc) from exc.__cause__
 

@@ -1,4 +1,4 @@
-"""The transport interface the echo loop talks to, and the two base transports.
+"""The interfaces around the echo loop: transports, the steps before it, and its Owner side.
 
 A :class:`Transport` moves bytes for one :class:`~trio_echo._connection.Connection`.
 Receiving is split into a synchronous attempt (:meth:`Transport.try_receive`)
@@ -8,29 +8,27 @@ attempt (:meth:`Transport.send_now`) and a blocking remainder
 own per operation: less work per round, and one suspended frame fewer for
 every idle connection.
 
-Two base transports own the client's bytes: :class:`SocketTransport` drives a
-plain, non-blocking TCP socket directly, :class:`StreamTransport` any
-:class:`trio.abc.Stream` (memory streams in tests).  Wrappers add one concern
-each over any transport: TLS (:mod:`trio_echo._tls`) and injected faults
-(:mod:`trio_echo._faults`).  A transport talks back to its connection only
-through :class:`Owner`.
+Two base transports own the client's bytes (:mod:`trio_echo._streams`):
+``SocketTransport`` drives a plain, non-blocking TCP socket directly,
+``StreamTransport`` any :class:`trio.abc.Stream` (memory streams in tests).
+Wrappers add one concern each over any transport: TLS (:mod:`trio_echo._tls`)
+and injected faults (:mod:`trio_echo._faults`).  A transport talks back to its
+connection only through :class:`Owner`; a step before the echo loop
+(:class:`Step`) likewise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Awaitable, Callable
-from typing import ClassVar, Final, Protocol
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
 
 import trio
 
 from ._protocol import Data
 
-__all__ = ["Ended", "Owner", "SocketTransport", "StreamTransport", "Transport", "Wrapper"]
-
-# Reads allowed in a drain without a trip through the scheduler: a client
-# sending without pause must not keep the drain's deadline from being checked.
-MAX_UNYIELDED_DRAIN: Final = 32
+__all__ = ["Ended", "Owner", "Step", "Transport", "WaitScopes", "Wrapper"]
 
 
 class Owner(Protocol):
@@ -58,9 +56,6 @@ class Owner(Protocol):
         """Count *nbytes* of an echo as sent by a transport that then ends the
         connection (raising :exc:`Ended`); *whole*: the echo went out in full."""
 
-    def report_fault(self, event: str) -> None:
-        """Count one injected fault event for this connection's close line."""
-
 
 class Transport(Protocol):
     """How the echo loop moves bytes; see the module docstring for the split.
@@ -75,6 +70,11 @@ class Transport(Protocol):
     def half_close_after_eof(self) -> bool:
         """Whether the server still owes its side of the close after the client's
         EOF (TLS answers the client's ``close_notify``)."""
+
+    def interrupt(self) -> None:
+        """Make a task blocked in :meth:`wait_receivable` or :meth:`send_all`
+        raise :exc:`trio.ClosedResourceError` at once, leaving the transport
+        usable (the idle sweep and :meth:`Connection.stop` wake a connection so)."""
 
     def bind(self, owner: Owner | None) -> None:
         """Attach the connection (``None`` detaches it once closed)."""
@@ -112,6 +112,25 @@ class Transport(Protocol):
         """The OS socket underneath, if there is one."""
 
 
+class Step(Protocol):
+    """One step before the echo loop (a PROXY header, a TLS handshake).
+
+    :meth:`Connection.serve` runs the steps in order, each in a cancel scope
+    with its :attr:`timeout` that :meth:`Connection.stop` cancels (close
+    reason ``shutdown``).  A step ends the connection by raising
+    :exc:`~trio_echo._transports.Ended`; errors are handled as in the loop.
+    """
+
+    #: Seconds the step may take (``math.inf``: unbounded).
+    timeout: float
+
+    async def run(self, owner: Owner) -> None:
+        """Do the step; raise :exc:`~trio_echo._transports.Ended` to end the connection."""
+
+    def timed_out(self, owner: Owner) -> Ended:
+        """Log that the step did not finish in time; the exception that ends the connection."""
+
+
 class Ended(Exception):
     """Raised by a transport or a step before the echo loop to end the
     connection with *reason*; *drain*: close cleanly (half-close, bounded
@@ -123,174 +142,36 @@ class Ended(Exception):
         self.drain = drain
 
 
-class SocketTransport:
-    """A plain, non-blocking TCP socket, driven directly.
+class WaitScopes:
+    """A cancel scope per blocking wait, for a transport whose waits no
+    ``notify_closing`` can reach (a stream): :meth:`interrupt` cancels the
+    current one, and the wait raises :exc:`trio.ClosedResourceError`."""
 
-    Reads go into *buffer*, which the server shares among all its
-    connections: trio runs one task at a time, and an echo that cannot be
-    sent at once is copied out before this task blocks (:meth:`send_all`), so
-    no other connection can overwrite it.  An idle connection therefore holds
-    no receive buffer at all.
-    """
+    __slots__ = ("_current",)
 
-    half_close_after_eof: ClassVar[bool] = False
+    def __init__(self) -> None:
+        self._current: trio.CancelScope | None = None
 
-    # Slots, not a __dict__: a server may hold tens of thousands of these.
-    __slots__ = ("_buffer", "_maybe_ready", "_owner", "_sock", "_unread", "_yield_first")
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Run the body as one interruptible wait.
 
-    def __init__(self, sock: socket.socket, *, buffer: memoryview) -> None:
-        self._sock = sock
-        self._buffer = buffer
-        self._owner: Owner | None = None
-        # A new client has often sent its first message already.
-        self._maybe_ready = True
-        self._yield_first = False
-        self._unread = b""
-
-    def bind(self, owner: Owner | None) -> None:
-        self._owner = owner
-
-    def unread(self, data: bytes) -> None:
-        """Hand *data* (at most one receive's worth, read by a step before the
-        echo loop) back: the next :meth:`try_receive` returns it."""
-        self._unread = data
-
-    def try_receive(self) -> Data | None:
-        # Right after a short read (the request/response case) the client has
-        # not answered yet: rather than fail a recv() now, let the other
-        # connections run first (a plain checkpoint) and read afterwards.  On a
-        # busy server the answer is there by then, so the read needs no
-        # wait_readable -- no epoll_ctl() and no I/O wake-up per round.  Only if
-        # it is still not there does the connection wait for readability.
-        if not self._maybe_ready:
-            self._maybe_ready = True
-            self._yield_first = True
-            return None
-        if self._unread:
-            data, self._unread = self._unread, b""
-            return data
-        self._yield_first = False
+        Raises:
+          trio.ClosedResourceError: :meth:`interrupt` ended the wait.
+        """
+        scope = self._current = trio.CancelScope()
         try:
-            n = self._sock.recv_into(self._buffer)
-        except BlockingIOError:
-            return None
-        # A full buffer means more may be waiting: read again at once.
-        self._maybe_ready = n == len(self._buffer)
-        return self._buffer[:n]
+            with scope:
+                yield
+        finally:
+            self._current = None
+        if scope.cancelled_caught:
+            raise trio.ClosedResourceError("woken by interrupt()")
 
-    def wait_receivable(self) -> Awaitable[None]:
-        if self._yield_first:
-            return trio.lowlevel.checkpoint()  # noqa: ASYNC105 -- awaited by the caller
-        return trio.lowlevel.wait_readable(self._sock)  # noqa: ASYNC105 -- likewise
-
-    def send_now(self, data: Data) -> int:
-        try:
-            return self._sock.send(data)
-        except BlockingIOError:
-            return 0
-
-    async def send_all(self, data: Data) -> None:
-        sock = self._sock
-        # Copy out of the shared buffer before blocking (see the class docstring).
-        rest = memoryview(bytes(data))
-        while rest:
-            await trio.lowlevel.wait_writable(sock)
-            try:
-                sent = sock.send(rest)
-            except BlockingIOError:
-                continue
-            rest = rest[sent:]
-            if self._owner is not None:
-                self._owner.progress()
-
-    async def send_eof(self) -> None:
-        await trio.lowlevel.checkpoint()
-        self._sock.shutdown(socket.SHUT_WR)
-
-    async def discard_until_eof(self) -> None:
-        sock = self._sock
-        buffer = self._buffer
-        reads = 0
-        while True:
-            try:
-                if not sock.recv_into(buffer):
-                    return
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-            else:
-                reads += 1
-                if reads % MAX_UNYIELDED_DRAIN == 0:
-                    await trio.lowlevel.checkpoint()
-
-    async def close(self) -> None:
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-    def socket(self) -> socket.socket:
-        return self._sock
-
-
-class StreamTransport:
-    """Any :class:`trio.abc.Stream` (memory streams in tests, a TLS stream's plaintext).
-
-    Half-closing uses :meth:`~trio.abc.HalfCloseableStream.send_eof` where the
-    stream has it; otherwise the server's side of the close is the close itself.
-    """
-
-    half_close_after_eof: ClassVar[bool] = False
-
-    __slots__ = ("_max_bytes", "_received", "_stream", "_unread")
-
-    def __init__(self, stream: trio.abc.Stream, *, max_bytes: int) -> None:
-        self._stream = stream
-        self._max_bytes = max_bytes
-        self._received: Data | None = None
-        self._unread = b""
-
-    def bind(self, owner: Owner | None) -> None:
-        pass
-
-    def unread(self, data: bytes) -> None:
-        """As :meth:`SocketTransport.unread`."""
-        self._unread = data
-
-    def try_receive(self) -> Data | None:
-        if self._unread:
-            unread, self._unread = self._unread, b""
-            return unread
-        data, self._received = self._received, None
-        return data
-
-    async def wait_receivable(self) -> None:
-        self._received = await self._stream.receive_some(self._max_bytes)
-
-    def send_now(self, data: Data) -> int:
-        return 0
-
-    async def send_all(self, data: Data) -> None:
-        await self._stream.send_all(data)
-
-    async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-        else:
-            await trio.lowlevel.checkpoint()
-
-    async def discard_until_eof(self) -> None:
-        while await self._stream.receive_some(self._max_bytes):
-            pass
-
-    async def close(self) -> None:
-        await trio.aclose_forcefully(self._stream)
-
-    def socket(self) -> trio.socket.SocketType | None:
-        stream: object = self._stream
-        while not isinstance(stream, trio.SocketStream):
-            stream = getattr(stream, "transport_stream", None)
-            if stream is None:
-                return None
-        return stream.socket
+    def interrupt(self) -> None:
+        """End the current wait, if any."""
+        if self._current is not None:
+            self._current.cancel()
 
 
 class Wrapper:
@@ -304,6 +185,9 @@ class Wrapper:
     @property
     def half_close_after_eof(self) -> bool:
         return self._inner.half_close_after_eof
+
+    def interrupt(self) -> None:
+        self._inner.interrupt()
 
     def bind(self, owner: Owner | None) -> None:
         self._owner = owner
