@@ -96,6 +96,8 @@ async def test_line_framing_and_rounds_over_unix(
     assert server.addresses == ()
     with pytest.raises(LookupError):
         _ = server.port
+    with pytest.raises(LookupError):
+        _ = server.host
     stream = await trio.open_unix_socket(path)
     async with stream:
         await stream.send_all(b"one\ntw")
