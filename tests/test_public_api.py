@@ -34,6 +34,13 @@ PUBLIC = {
     "__version__",
     "serve",
     "serve_in_thread",
+    # The measuring client (trio-echo bench).
+    "BenchConfig",
+    "BenchResult",
+    "LatencySummary",
+    "ServerUnreachable",
+    "bench",
+    "parse_address",
 }
 
 

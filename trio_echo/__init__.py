@@ -11,6 +11,11 @@ run one in a background thread from any Python code (sync, asyncio, unittest)::
 
 or start servers from any pytest suite with the fixtures of
 :mod:`trio_echo.pytest_plugin` (``pip install '/path/to/trio-echo[pytest]'``).
+
+Measure any echo server with ``trio-echo bench HOST:PORT``, or from trio::
+
+    address = trio_echo.parse_address("127.0.0.1:7")
+    result = await trio_echo.bench(trio_echo.BenchConfig(address=address, connections=8))
 """
 
 # The names below are imported on first use (PEP 562), so that importing the
@@ -22,6 +27,10 @@ import typing as _typing
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._bench.address import parse_address
+    from ._bench.config import BenchConfig
+    from ._bench.result import BenchResult, LatencySummary
+    from ._bench.run import ServerUnreachable, bench
     from ._config import (
         ConnectionConfig,
         Faults,
@@ -37,25 +46,37 @@ if _typing.TYPE_CHECKING:
     from ._thread import ThreadedEchoServer, serve_in_thread
 
 __all__ = [
+    "BenchConfig",
+    "BenchResult",
     "ConnectionConfig",
     "EchoProtocol",
     "EchoServer",
     "Faults",
     "Framing",
+    "LatencySummary",
     "ListenerConfig",
     "ServerConfig",
     "ServerStatistics",
+    "ServerUnreachable",
     "TLSConfig",
     "ThreadedEchoServer",
     "UDPConfig",
     "UDPStatistics",
     "__version__",
+    "bench",
+    "parse_address",
     "serve",
     "serve_in_thread",
 ]
 
 # Where each public name is defined.
 _MODULE_OF = {
+    "BenchConfig": "._bench.config",
+    "BenchResult": "._bench.result",
+    "LatencySummary": "._bench.result",
+    "ServerUnreachable": "._bench.run",
+    "bench": "._bench.run",
+    "parse_address": "._bench.address",
     "ConnectionConfig": "._config",
     "EchoProtocol": "._protocol",
     "EchoServer": "._server",

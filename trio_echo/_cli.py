@@ -408,11 +408,19 @@ def _option_for(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``trio-echo`` command; return the exit status.
 
+    ``trio-echo bench ...`` runs the measuring client instead
+    (:func:`trio_echo._bench.cli.main`).
+
     Bad arguments exit at once with status 2 (:exc:`SystemExit`), one line on
     stderr naming the option; everything else is :func:`trio_echo._roles.run`'s.
     """
-    parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # ``trio-echo bench ...`` is the measuring client; anything else is the server.
+    if arguments[:1] == ["bench"]:
+        from ._bench.cli import main as bench_main
+
+        return bench_main(arguments[1:])
+    parser = build_parser()
     # TRIO_ECHO_* variables become arguments before the command line's: it wins.
     from_environment, warnings = arguments_from_environment(parser, os.environ, arguments)
     args = parser.parse_args([*from_environment, *arguments])

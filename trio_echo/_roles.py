@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from typing import TypeVar, cast
 
 import trio
 
@@ -39,6 +40,8 @@ from ._tls import server_context
 __all__ = ["run"]
 
 LOGGER = logging.getLogger("trio_echo")
+
+_E = TypeVar("_E", bound=BaseException)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -118,7 +121,7 @@ def _serve_here(
     except* StartupError as group:
         raise _first(group) from None
     except* OSError as group:
-        failure = _first_os_error(group)
+        failure = _first(group)
     except* KeyboardInterrupt:
         # Ctrl-C arrived before the signal handlers were installed.
         interrupted = True
@@ -272,20 +275,12 @@ def _where(config: ServerConfig) -> str:
     return ", ".join(places)
 
 
-def _first(group: BaseExceptionGroup[StartupError]) -> StartupError:
+def _first(group: BaseExceptionGroup[_E]) -> _E:
+    """The first leaf exception of *group* (nested groups included)."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    assert isinstance(exc, StartupError)
-    return exc
-
-
-def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    assert isinstance(exc, OSError)
-    return exc
+    return cast(_E, exc)
 
 
 def _describe(exc: OSError) -> str:

@@ -1,0 +1,171 @@
+"""What one connection does once connected, in every mode but the plain closed loop.
+
+:func:`paced_stream` drives any :class:`trio.abc.Stream` (TLS, or a plain
+socket in open-loop and ping mode) with a sender and a receiver task.  The
+closed loop over plain sockets, the hot path, is :mod:`.multiplex`.
+
+Errors: :exc:`~.pattern.EchoMismatch` at a wrong or extra byte,
+:exc:`ServerClosed` when the server closes with echoes outstanding, and the
+transport's own errors (:exc:`OSError`, :exc:`trio.BrokenResourceError`)
+otherwise.  Cancellation (stop, timeout) ends a loop anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+import trio
+
+from .meter import Clock, Meter
+from .pattern import MAX_CHUNK, Verifier
+
+__all__ = [
+    "Progress",
+    "ServerClosed",
+    "closed_error",
+    "finish",
+    "paced_stream",
+]
+
+#: After the last echo: how long the server may take to close after our EOF.
+FINISH_TIMEOUT = 2.0
+#: Paced sends stop sleeping this long (ns) before they are due, and yield
+#: until then: one epoll timeout tick (1 ms) plus a margin.
+SPIN_BEFORE_DUE = 1_200_000
+
+
+class ServerClosed(Exception):
+    """The server closed the connection with echoes outstanding (one line)."""
+
+
+class Progress:
+    """When a connection last received something: the run's watchdog reads it."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+
+def closed_error(verifier: Verifier) -> ServerClosed:
+    """The error for a server that closed with *verifier*'s echoes outstanding."""
+    return ServerClosed(
+        f"connection {verifier.connection}: closed by the server at byte {verifier.received} "
+        f"with {verifier.outstanding} bytes of echo outstanding"
+    )
+
+
+async def _sleep_until(due: int, clock: Clock) -> None:
+    """Return at clock reading *due* (ns), or at once if it has passed.
+
+    trio sleeps on epoll's millisecond timeouts, so a message would leave up
+    to a millisecond late, and open-loop latency (counted from the due time)
+    would carry the client's own lateness.  With the real clock, sleep until
+    :data:`SPIN_BEFORE_DUE` before and then yield in a loop until due; with
+    any other clock (trio's virtual one in tests) simply sleep.
+    """
+    if clock is not time.perf_counter_ns:
+        await trio.sleep(max(0, due - clock()) / 1e9)
+        return
+    early = due - clock() - SPIN_BEFORE_DUE
+    if early > 0:
+        await trio.sleep(early / 1e9)
+    while clock() < due:
+        await trio.lowlevel.checkpoint()
+
+
+async def paced_stream(
+    stream: trio.abc.Stream,
+    verifier: Verifier,
+    meter: Meter,
+    progress: Progress,
+    *,
+    in_flight: int | None,
+    period: int | None,
+    first: int = 0,
+) -> None:
+    """Send messages over *stream* and verify their echoes until the run stops
+    or its budget is spent, then wait for the last echoes.
+
+    At most *in_flight* messages are outstanding (``None``: no limit).  With
+    a *period*, a message is due every *period* ns from *first* (a clock
+    reading) and is sent then, or as soon as *in_flight* allows (ping:
+    ``in_flight=1``); its latency counts from the time it was due, so a
+    stalled server cannot hide behind the client's own waiting (open loop:
+    ``in_flight=None``).  Without, messages go as soon as *in_flight* allows
+    (closed loop).
+    """
+    size = verifier.size
+    clock = meter.clock
+    sent_at: deque[int] = deque()
+    permits = trio.Semaphore(in_flight or 1)
+    sending_done = False
+
+    async def send() -> None:
+        nonlocal sending_done
+        due = first
+        while True:
+            if in_flight is not None:
+                await permits.acquire()
+            if period is not None:
+                await _sleep_until(due, clock)
+                # Open loop counts from the due time; ping from the send.
+                start = due if in_flight is None else clock()
+                due += period
+                # Ping keeps its schedule but never sends two at once.
+                if in_flight is not None and clock() > due:
+                    due = first + period * math.ceil((clock() - first) / period)
+            else:
+                start = clock()
+            if not meter.take(start):
+                break
+            if not sent_at:
+                progress.at = clock()  # the watchdog counts from now, not the last echo
+            sent_at.append(start)
+            await stream.send_all(verifier.next_message())
+        sending_done = True
+        if not sent_at:
+            nursery.cancel_scope.cancel()
+
+    async def receive() -> None:
+        partial = 0
+        while True:
+            data = await stream.receive_some(MAX_CHUNK)
+            if not data:
+                raise closed_error(verifier)
+            verifier.check(data)
+            partial += len(data)
+            now = clock()
+            progress.at = now
+            while partial >= size:
+                partial -= size
+                started = sent_at.popleft()
+                if started >= meter.measure_from:
+                    meter.histogram.record(now - started)
+                    meter.round_trips += 1
+                    meter.bytes += size
+                    meter.last = now
+                    if meter.on_round_trip is not None:
+                        meter.on_round_trip(meter.round_trips, now - started)
+                if in_flight is not None:
+                    permits.release()
+            if sending_done and not sent_at:
+                nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(receive)
+
+
+async def finish(stream: trio.abc.Stream, verifier: Verifier) -> None:
+    """End a connection whose echoes are all back: half-close, then read until
+    the server closes (at most :data:`FINISH_TIMEOUT`), every byte an extra
+    one.  A stream that cannot half-close (TLS) is closed outright."""
+    with trio.move_on_after(FINISH_TIMEOUT):
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+            while data := await stream.receive_some(MAX_CHUNK):
+                verifier.check(data)
+        await stream.aclose()

@@ -1,0 +1,136 @@
+"""The bytes each connection sends, and the check of every byte echoed (sans-IO).
+
+All connections share one :class:`Pattern`: a ring of messages of printable
+ASCII, each ending in a newline (so line-framed echo servers echo them too;
+one-byte messages are not newlines).
+Consecutive bytes always differ, so a byte dropped or added anywhere shifts
+everything after it and is caught at once.  Each connection starts at its own
+message in the ring, so a server that mixes up connections is caught too.  A
+:class:`Verifier` follows one connection's stream of echoes and raises
+:exc:`EchoMismatch` at the first byte that differs from what was sent.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["EchoMismatch", "Pattern", "Verifier"]
+
+#: Printable ASCII without the space: readable in a packet capture or a terminal.
+ALPHABET: Final = bytes(range(33, 127))
+#: Bytes of pattern to cycle through at least (fewer distinct messages would
+#: let a server that repeats an old message pass).
+MIN_RING: Final = 65536  # >= MAX_CHUNK: one wrap-around copy suffices
+#: Largest chunk verified in one call (the receive buffer size of the loops).
+MAX_CHUNK: Final = 65536
+# Connections start this many messages apart in the ring (odd: all distinct
+# while fewer connections than messages in the ring).
+_STRIDE: Final = 37
+
+
+class EchoMismatch(Exception):
+    """An echoed byte differs from the byte sent, or came with none sent; the
+    message is the one line the bench prints."""
+
+
+def _sequence(length: int) -> bytes:
+    """*length* bytes of the alphabet, no two neighbours equal, and no
+    stretch repeating within 94 * 94 * 93 bytes: block *k* of 94 bytes is the
+    alphabet rotated by ``k + k // 93`` (neighbouring blocks differ by one or
+    two places, so the byte across a block boundary changes too)."""
+    size = len(ALPHABET)
+    rotations = [ALPHABET[shift:] + ALPHABET[:shift] for shift in range(size)]
+    blocks = -(-length // size)
+    return b"".join(rotations[(k + k // (size - 1)) % size] for k in range(blocks))[:length]
+
+
+class Pattern:
+    """The messages of *size* bytes that every connection sends, read-only."""
+
+    __slots__ = ("data", "messages", "ring", "size", "view")
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be at least 1 byte; got {size}")
+        self.size = size
+        #: Distinct messages in the ring (at least 2).
+        self.messages = max(2, -(-MIN_RING // size))
+        length = self.messages * size
+        ring = bytearray(_sequence(length))
+        if size > 1:
+            ring[size - 1 :: size] = b"\n" * self.messages
+        #: The ring, then its first MAX_CHUNK bytes again: any chunk at any
+        #: offset is one contiguous slice.
+        self.ring = len(ring)
+        self.data = bytes(ring + ring[:MAX_CHUNK])
+        self.view = memoryview(self.data)
+
+    def start(self, connection: int) -> int:
+        """Where in the ring the stream of connection number *connection* starts."""
+        return (connection * _STRIDE % self.messages) * self.size
+
+
+def _show(byte: int) -> str:
+    shown = chr(byte) if 32 < byte < 127 else repr(chr(byte))[1:-1]
+    return f"0x{byte:02x} ({shown})" if 32 < byte < 127 else f"0x{byte:02x} ('{shown}')"
+
+
+class Verifier:
+    """One connection's stream: the next message to send and the check of each echo.
+
+    ``sent`` counts the bytes of the messages handed out by :meth:`next_message`
+    (whether or not the socket took them all yet), ``received`` the bytes
+    verified; the difference is the echo still outstanding.
+    """
+
+    __slots__ = ("_base", "_pattern", "connection", "received", "sent")
+
+    def __init__(self, pattern: Pattern, connection: int) -> None:
+        self._pattern = pattern
+        self._base = pattern.start(connection)
+        self.connection = connection
+        self.sent = 0
+        self.received = 0
+
+    def next_message(self) -> memoryview:
+        """The next message to send (a slice of the shared ring: do not keep it)."""
+        pattern = self._pattern
+        offset = (self._base + self.sent) % pattern.ring
+        self.sent += pattern.size
+        return pattern.view[offset : offset + pattern.size]
+
+    def check(self, data: bytes | bytearray | memoryview) -> None:
+        """Verify *data* (at most :data:`MAX_CHUNK` bytes), the next bytes echoed.
+
+        Raises :exc:`EchoMismatch` naming the connection, the byte's offset in
+        the connection's stream of echoes, and the expected and received byte.
+        """
+        n = len(data)
+        pattern = self._pattern
+        offset = (self._base + self.received) % pattern.ring
+        allowed = min(n, self.sent - self.received)
+        # bytes.startswith compares with memcmp; comparing memoryviews goes
+        # element by element, eight times slower for 1 KiB.
+        if not pattern.data.startswith(data[:allowed] if allowed < n else data, offset):
+            expected = pattern.data[offset : offset + allowed]
+            index = next(i for i in range(allowed) if expected[i] != data[i])
+            raise EchoMismatch(
+                f"connection {self.connection}: byte {self.received + index}: "
+                f"expected {_show(expected[index])}, received {_show(data[index])}"
+            )
+        if allowed < n:
+            raise EchoMismatch(
+                f"connection {self.connection}: byte {self.sent}: expected no byte "
+                f"(only {self.sent} sent), received {_show(data[allowed])}"
+            )
+        self.received += n
+
+    @property
+    def size(self) -> int:
+        """Bytes per message."""
+        return self._pattern.size
+
+    @property
+    def outstanding(self) -> int:
+        """Bytes sent (or being sent) whose echo has not come back yet."""
+        return self.sent - self.received
