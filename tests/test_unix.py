@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import signal
 import socket
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,8 @@ from trio_echo import EchoServer, Faults
 from trio_echo._unix import bind_unix
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import receive_until_eof, wait_until
+from .conftest import Spawn, receive_until_eof, wait_until
+from .processes import TRIO_ECHO
 
 
 @pytest.fixture
@@ -183,3 +187,21 @@ async def test_shutdown_finishes_connections_and_removes_the_file(
         assert await receive_until_eof(stream) == b""
     assert not await trio.Path(path).exists()
     assert server.statistics().closed_by_reason == {"shutdown": 1}
+
+
+@pytest.mark.system
+def test_trio_echo_bench_drives_the_unix_socket(spawn: Spawn, tmp_path: Path) -> None:
+    path = tmp_path / "bench.sock"
+    server = spawn([TRIO_ECHO, "--unix", str(path)])
+    server.wait_for("listening on unix:")
+    bench = subprocess.run(
+        [TRIO_ECHO, "bench", f"unix:{path}", "--connections", "2", "--count", "300"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert re.search(r"round trips\s+300 ", bench.stdout), bench.stdout
+    assert re.search(r"errors\s+none", bench.stdout), bench.stdout
+    server.signal(signal.SIGTERM)
+    assert server.finish()[0] == 0
