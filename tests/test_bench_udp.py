@@ -10,11 +10,13 @@ import json
 import socket
 import subprocess
 
+import pytest
 import trio
 
 from trio_echo import Faults, UDPConfig
 from trio_echo._bench.address import TCPAddress
 from trio_echo._bench.udp import UDPResult, udp_bench, udp_summary
+from trio_echo._cli import main
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import StartProcess
@@ -102,3 +104,22 @@ def test_console_script_against_trio_echo_udp(echo_process: StartProcess) -> Non
     assert result["mode"] == "udp"
     assert result["echoed"] >= 300
     assert (result["lost"], result["duplicates"], result["corrupted"]) == (0, 0, 0)
+
+
+def test_no_echo_at_all_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, never answers
+        port = silent.getsockname()[1]
+        status = main(["bench", "--udp", f"127.0.0.1:{port}", "--duration", "200ms",
+                       "--timeout", "100ms"])  # fmt: skip
+    assert status == 1
+    captured = capsys.readouterr()
+    assert "echoes       0 " in captured.out
+    assert captured.err == "trio-echo bench: no datagram was echoed\n"
+
+
+def test_an_unknown_host_is_exit_1_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--udp", "no-such-host.invalid:7", "--count", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("trio-echo bench: no-such-host.invalid:7: ")
+    assert len(err.splitlines()) == 1
