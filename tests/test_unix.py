@@ -205,3 +205,13 @@ def test_trio_echo_bench_drives_the_unix_socket(spawn: Spawn, tmp_path: Path) ->
     assert re.search(r"errors\s+none", bench.stdout), bench.stdout
     server.signal(signal.SIGTERM)
     assert server.finish()[0] == 0
+
+
+async def test_hello_over_unix_has_port_0(
+    echo_server_factory: EchoServerFactory, path: str
+) -> None:
+    await unix_server(echo_server_factory, path, hello="port {port}\n", rounds=1)
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(b"x")
+        assert await receive_until_eof(stream) == b"port 0\nx"

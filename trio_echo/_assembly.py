@@ -160,7 +160,8 @@ class ConnectionFactory:
         """The greeting step, sent below the faults (a greeting is not an echo)."""
         config = self._config
         assert config.connection.hello is not None
-        port = int(sock.getsockname()[1])
+        # A Unix socket has no port: {port} is 0 there (issue 15).
+        port = 0 if sock.family == socket.AF_UNIX else int(sock.getsockname()[1])
         greeting = self._greetings.get(port)
         if greeting is None:
             greeting = render_hello(config.connection.hello, port=port, worker=config.worker)
