@@ -125,6 +125,31 @@ def test_load_generators_catch_a_wrong_byte(tmp_path: Path, mode: str) -> None:
         assert json.loads(done.stdout)["error"].startswith("echo mismatch")
 
 
+def test_udp_and_unix_benchmark_runs(tmp_path: Path) -> None:
+    """``benchmarks/udp_unix.py --quick``: every variant echoes every datagram and round trip."""
+    output = tmp_path / "udp_unix.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "udp_unix.py"), "--quick", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(output.read_text())["runs"]
+    assert {name: fig["echoes"] for name, fig in run["udp_cpu"].items()} == {
+        "trio-echo": 5000,
+        "asyncio-datagram-protocol": 5000,
+    }
+    assert {name: fig["round_trips"] for name, fig in run["unix_tcp"].items()} == {
+        "tcp": 2000,
+        "unix": 2000,
+    }
+    flood = run["flood"]
+    if "skipped" not in flood:
+        assert flood["datagrams"] == 20000
+        assert flood["rss_kib_after_all"] > 0
+
+
 def test_thread_server_benchmark_runs(tmp_path: Path) -> None:
     # benchmarks/thread_server.py end to end, at a token size: figures printed, no timing asserted.
     done = subprocess.run(

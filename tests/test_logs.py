@@ -9,11 +9,12 @@ import socket
 import sys
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
-from trio_echo import ServerStatistics
+from trio_echo import ServerStatistics, UDPStatistics
 from trio_echo._logs import JSONFormatter, counters, event, report_statistics
 
 from .conftest import StartProcess
@@ -180,3 +181,28 @@ def test_close_of_each_connection_is_logged_with_peer_and_reason(
     assert match.group(2, 3) == ("3", "rounds")
     assert match.group(1) == f"127.0.0.1:{client_port}"
     assert server.stop() == 0
+
+
+async def test_stats_line_and_event_carry_the_udp_counters(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    udp = UDPStatistics(
+        received=10,
+        echoed=7,
+        bytes_in=70,
+        bytes_out=70,
+        dropped=3,
+        dropped_by_reason={"dropped_port": 1, "dropped_size": 2},
+        sources=4,
+    )
+    now = attrs.evolve(snapshot(), udp=udp)
+    with trio.move_on_after(1.5):
+        await report_statistics(FakeServer(snapshot(), now), 1.0)
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "stats"]
+    assert record.getMessage().endswith(
+        "; udp: received=10 echoed=7 dropped=3 (dropped_port=1 dropped_size=2) sources=4"
+    )
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["udp"] == attrs.asdict(udp)
+    assert "udp" not in counters(snapshot())

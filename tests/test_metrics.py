@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_echo import ServerStatistics
+from trio_echo import ServerStatistics, UDPStatistics
 from trio_echo._metrics import FAULT_KINDS, Exposition, Snapshot
 from trio_echo._reasons import ALL as ALL_REASONS
 
@@ -103,6 +103,44 @@ def test_promtool_check_metrics_passes(workers: dict[int, ServerStatistics]) -> 
     body, _ = Exposition(lambda: Snapshot(total=stats(), workers=workers), start_time=1.0).render(
         None
     )
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == b""
+
+
+def test_udp_series_when_the_server_serves_udp() -> None:
+    udp = UDPStatistics(
+        received=10,
+        echoed=6,
+        bytes_in=60,
+        bytes_out=60,
+        dropped=4,
+        dropped_by_reason={"dropped_port": 1, "dropped_rate_source": 3},
+        sources=2,
+    )
+    got = samples(Exposition(lambda: Snapshot(total=stats(udp=udp)), start_time=0).render(None)[0])
+    assert got["trio_echo_udp_datagrams_received_total", ()] == 10
+    assert got["trio_echo_udp_datagrams_echoed_total", ()] == 6
+    assert got["trio_echo_udp_received_bytes_total", ()] == 60
+    assert got["trio_echo_udp_sent_bytes_total", ()] == 60
+    assert got["trio_echo_udp_sources", ()] == 2
+    assert got["trio_echo_udp_datagrams_dropped_total", (("reason", "dropped_port"),)] == 1
+    assert got["trio_echo_udp_datagrams_dropped_total", (("reason", "dropped_size"),)] == 0
+    assert got["trio_echo_udp_datagrams_dropped_total", (("reason", "dropped_rate_source"),)] == 3
+    # Without UDP, no UDP series at all.
+    plain = samples(Exposition(lambda: Snapshot(total=stats()), start_time=0).render(None)[0])
+    assert not [name for name, _ in plain if name.startswith("trio_echo_udp")]
+
+
+@pytest.mark.system
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (Debian: prometheus)")
+def test_promtool_accepts_the_udp_series() -> None:
+    udp = UDPStatistics(
+        received=1, echoed=1, bytes_in=1, bytes_out=1, dropped=0, dropped_by_reason={}, sources=1
+    )
+    body, _ = Exposition(lambda: Snapshot(total=stats(udp=udp)), start_time=1.0).render(None)
     result = subprocess.run(
         ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
     )

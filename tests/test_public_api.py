@@ -28,6 +28,8 @@ PUBLIC = {
     "ServerConfig",
     "ServerStatistics",
     "TLSConfig",
+    "UDPConfig",
+    "UDPStatistics",
     "ThreadedEchoServer",
     "__version__",
     "serve",

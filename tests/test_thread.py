@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_echo import ListenerConfig, ServerConfig, TLSConfig, serve_in_thread
+from trio_echo import ListenerConfig, ServerConfig, TLSConfig, UDPConfig, serve_in_thread
 
 
 def echo_once(host: str, port: int, payload: bytes) -> bytes:
@@ -114,3 +114,23 @@ async def test_usable_from_another_trio_run() -> None:
             await stream.send_all(b"pong")
             assert await stream.receive_some() == b"pong"
         assert server.statistics().accepted == 1
+
+
+def test_udp_and_a_unix_socket_in_a_thread(tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    with serve_in_thread(udp=UDPConfig(), unix=path) as server:
+        assert server.udp_addresses == server.addresses
+        assert server.unix_path == path
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(b"datagram", server.udp_addresses[0])
+            assert client.recv(100) == b"datagram"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(path)
+            client.sendall(b"stream")
+            assert client.recv(100) == b"stream"
+    udp = server.statistics().udp
+    assert udp is not None
+    assert udp.echoed == 1
+    assert not Path(path).exists()

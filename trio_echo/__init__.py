@@ -38,10 +38,11 @@ if _typing.TYPE_CHECKING:
         ListenerConfig,
         ServerConfig,
         TLSConfig,
+        UDPConfig,
     )
     from ._protocol import EchoProtocol
     from ._server import EchoServer, serve
-    from ._stats import ServerStatistics
+    from ._stats import ServerStatistics, UDPStatistics
     from ._thread import ThreadedEchoServer, serve_in_thread
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "ServerUnreachable",
     "TLSConfig",
     "ThreadedEchoServer",
+    "UDPConfig",
+    "UDPStatistics",
     "__version__",
     "bench",
     "parse_address",
@@ -83,6 +86,8 @@ _MODULE_OF = {
     "ServerConfig": "._config",
     "ServerStatistics": "._stats",
     "TLSConfig": "._config",
+    "UDPConfig": "._config",
+    "UDPStatistics": "._stats",
     "ThreadedEchoServer": "._thread",
     "serve": "._server",
     "serve_in_thread": "._thread",

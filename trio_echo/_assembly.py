@@ -88,7 +88,7 @@ class ConnectionFactory:
         #: Drawn once per server, and logged, so that a run without a seed can
         #: be replayed with --seed.
         self.fault_seed = faults.seed
-        if self.fault_seed is None and faults.jitter:
+        if self.fault_seed is None and faults.random:
             self.fault_seed = random.SystemRandom().randrange(2**32)
         # --hello: the greeting for each local port, rendered once.
         self._greetings: dict[int, bytes] = {}
@@ -160,7 +160,8 @@ class ConnectionFactory:
         """The greeting step, sent below the faults (a greeting is not an echo)."""
         config = self._config
         assert config.connection.hello is not None
-        port = int(sock.getsockname()[1])
+        # A Unix socket has no port: {port} is 0 there (issue 15).
+        port = 0 if sock.family == socket.AF_UNIX else int(sock.getsockname()[1])
         greeting = self._greetings.get(port)
         if greeting is None:
             greeting = render_hello(config.connection.hello, port=port, worker=config.worker)
@@ -170,8 +171,11 @@ class ConnectionFactory:
 
 
 def peer_of(stream: trio.SocketStream) -> str:
-    """The client's ``host:port``, or ``unknown peer`` if it is already gone."""
+    """The client's ``host:port`` (``unix:PATH`` over a Unix socket, whose
+    clients have no name), or ``unknown peer`` if it is already gone."""
     try:
+        if stream.socket.family == socket.AF_UNIX:
+            return f"unix:{stream.socket.getsockname()}"
         return format_address(stream.socket.getpeername())
     except OSError:
         return "unknown peer"

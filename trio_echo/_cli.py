@@ -23,6 +23,12 @@ from typing import Literal, NoReturn, TypeVar
 import attrs
 
 from ._cli_ops import Endpoint, add_operations_options, check_metrics_available
+from ._cli_transports import (
+    FIELD_OPTIONS,
+    add_transport_options,
+    check_transport_options,
+    transport_config,
+)
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
 from ._settings import arguments_from_environment, document_environment
 from ._sockets import has_reuseport
@@ -225,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the server's statistics every DURATION (> 0; default: off)",
     )
     _add_fault_options(parser)
+    add_transport_options(parser, RATE, SIZE)
     add_operations_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     add(
@@ -263,7 +270,15 @@ FAULT_OPTIONS = (
         "after SIZE bytes echoed, stop reading and writing until the idle timeout",
     ),
     ("--reset-after", "SIZE", "after echoing SIZE bytes, abort the connection with a TCP reset"),
-    ("--seed", "N", "seed for --jitter, to replay a run (default: drawn at start and logged)"),
+    ("--loss", "PERCENT", "UDP: drop this percentage of the echoes"),
+    ("--duplicate", "PERCENT", "UDP: echo this percentage of the datagrams twice"),
+    ("--reorder", "K", "UDP: hold a datagram back behind the next K echoes, then the next one"),
+    (
+        "--seed",
+        "N",
+        "seed for --jitter, --loss and --duplicate, to replay a run "
+        "(default: drawn at start and logged)",
+    ),
 )
 
 
@@ -276,9 +291,11 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         "SIZE": SIZE,
         "RATE": RATE,
         "N": int,
+        "K": int,
+        "PERCENT": float,
     }
     for option, metavar, text in FAULT_OPTIONS:
-        default = 0.0 if metavar == "DURATION" else None
+        default = 0.0 if metavar in ("DURATION", "PERCENT") else None
         faults.add_argument(
             option, type=types[metavar], metavar=metavar, default=default, help=text
         )
@@ -312,8 +329,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             "certfile is required by --keyfile, --tls-client-ca, --tls-min-version "
             "and --tls-handshake-timeout"
         )
+    tcp, udp = transport_config(args)
     return ServerConfig(
         tls=tls,
+        udp=udp,
         listener=ListenerConfig(
             host=host,
             port=defaults.port if args.port is None else args.port,
@@ -323,6 +342,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             proxy_timeout=(
                 defaults.proxy_timeout if args.proxy_timeout is None else args.proxy_timeout
             ),
+            tcp=tcp,
+            unix=args.unix,
+            unix_mode=args.unix_mode,
             proxy_trusted=args.proxy_trusted,
             max_connections_per_ip=args.max_connections_per_ip,
             connection_rate_per_ip=args.connection_rate_per_ip,
@@ -370,6 +392,7 @@ def options_from_args(
     # A worker's command line repeats the parent's --host/--port next to its --fd.
     if args.fd and worker_of is None and (args.host is not None or args.port is not None):
         parser.error("argument --fd: not allowed with --host or --port")
+    check_transport_options(parser, args)
     if args.metrics is not None and (missing := check_metrics_available()):
         parser.error(f"argument --metrics: {missing}")
     return ProcessOptions(
@@ -391,6 +414,7 @@ def options_from_args(
 OPTION_FOR_FIELD = {
     "client_ca": "--tls-client-ca",
     "handshake_timeout": "--tls-handshake-timeout",
+    **FIELD_OPTIONS,
     "min_version": "--tls-min-version",
 }
 

@@ -25,6 +25,7 @@ __all__ = [
     "ListenerConfig",
     "ServerConfig",
     "TLSConfig",
+    "UDPConfig",
 ]
 
 #: How a byte stream is split into messages: ``"raw"`` (one receive is one
@@ -141,6 +142,16 @@ def _delay_needs_fragment(instance: Faults, attribute: attrs.Attribute[Any], val
         raise ValueError(f"fragment_delay needs fragment (the piece size), got {value!r}")
 
 
+def _percent(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: a number from 0 to 100."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{attribute.name} must be a percentage, not {type(value).__name__}: {_short(value)}"
+        )
+    if not 0 <= value <= 100:
+        raise ValueError(f"{attribute.name} must be a percentage from 0 to 100, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Faults:
     """Misbehaviour injected on purpose, to test clients against a bad server.
@@ -150,7 +161,9 @@ class Faults:
     echo (the server-to-client direction), in this order: *latency* before
     each echo, then the echo is written in pieces (*fragment*, *bandwidth*),
     and the connection halts (*stall_after*, *reset_after*) once the given
-    number of bytes has been echoed.
+    number of bytes has been echoed.  UDP echoes (``ServerConfig.udp``) suffer
+    *latency* and *jitter* and the UDP-only *loss*, *duplicate* and *reorder*;
+    the others act on streams only.
 
     Example::
 
@@ -197,15 +210,40 @@ class Faults:
     mid-message if that is where the count falls (close reason
     ``reset-injected``); ``None`` is off, ``0`` resets before the first echo."""
 
+    loss: float = attrs.field(default=0.0, validator=_percent)
+    """UDP only: drop this percentage of the datagrams that would be echoed
+    (each one drawn from the seeded generator); ``0`` is off."""
+
+    duplicate: float = attrs.field(default=0.0, validator=_percent)
+    """UDP only: echo this percentage of the datagrams twice; ``0`` is off."""
+
+    reorder: int | None = attrs.field(default=None, validator=_optional(_int_in_range(1)))
+    """UDP only: hold a datagram back and echo it after the next *reorder* echoes
+    (or after :data:`~trio_echo._udp_faults.REORDER_MAX_HOLD` seconds without them),
+    then hold the next one; ``None`` is off.  ``1`` turns 1 2 3 4 into 2 1 4 3."""
+
     seed: int | None = attrs.field(default=None, validator=_optional(_int_in_range(0)))
-    """Seed for the jitter's generator.  Each connection draws from its own
-    generator seeded with it, so every connection sees the same sequence of
-    delays whatever order connections arrive in.  ``None`` lets the server pick
-    a seed at start and log it, so that a failing run can be replayed."""
+    """Seed for the jitter's generator (and for UDP loss and duplication).  Each
+    connection draws from its own generator seeded with it, so every connection
+    sees the same sequence of delays whatever order connections arrive in.
+    ``None`` lets the server pick a seed at start and log it, so that a
+    failing run can be replayed."""
+
+    @property
+    def random(self) -> bool:
+        """Whether any fault draws from the seeded generator (jitter, loss, duplication)."""
+        return bool(self.jitter or self.loss or self.duplicate)
+
+    @property
+    def datagram_enabled(self) -> bool:
+        """Whether any fault that acts on UDP echoes is on (latency, loss,
+        duplication, reordering)."""
+        return bool(self.latency or self.loss or self.duplicate or self.reorder is not None)
 
     @property
     def enabled(self) -> bool:
-        """Whether any fault is on (:attr:`seed` alone is not a fault)."""
+        """Whether any fault on stream echoes is on (:attr:`seed` alone is not a
+        fault, and the UDP-only ones do not act on streams)."""
         return bool(
             self.latency
             or self.fragment is not None
@@ -291,6 +329,13 @@ def _networks(instance: ListenerConfig, attribute: attrs.Attribute[Any], value: 
         raise ValueError(f"{attribute.name} applies only with proxy_protocol")
 
 
+def _mode_needs_unix(
+    instance: ListenerConfig, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and instance.unix is None:
+        raise ValueError(f"unix_mode needs unix (the socket's path), got {value:#o}")
+
+
 @attrs.frozen(kw_only=True)
 class ListenerConfig:
     """What the accept side of the server needs.
@@ -328,6 +373,26 @@ class ListenerConfig:
     proxy_timeout: float = attrs.field(default=3.0, validator=_seconds(allow_zero=False))
     """With :attr:`proxy_protocol`, how long a connection may take to send its
     complete header before it is closed with reason ``proxy-error``."""
+
+    # -- Transports besides TCP (issue 15) --
+
+    tcp: bool = attrs.field(default=True, validator=_instance_of(bool, what="a bool"))
+    """Serve stream echo over TCP on :attr:`host`/:attr:`port`; ``False`` serves
+    only the Unix socket and/or UDP (``--udp-only``, ``--unix`` alone)."""
+
+    unix: str | os.PathLike[str] | None = attrs.field(
+        default=None, validator=_optional(_instance_of(*_PATH_TYPES, what=_PATH))
+    )
+    """Also serve stream echo on a Unix domain socket at this path, with the same
+    rounds, framing, limits, idle timeout, faults and statistics as TCP (the
+    connection limit is shared).  A stale socket file is replaced; a live one
+    makes :func:`~trio_echo.serve` raise :exc:`OSError` (``EADDRINUSE``).  The
+    file is removed at shutdown."""
+
+    unix_mode: int | None = attrs.field(
+        default=None, validator=[_optional(_int_in_range(0, 0o777)), _mode_needs_unix]
+    )
+    """Permissions of the socket file (``0o660``); ``None`` leaves them to the umask."""
 
     # ---- hardening (issue 16) ----
 
@@ -393,12 +458,58 @@ class TLSConfig:
     older versions fails the handshake (``tls-error``)."""
 
 
+# -- UDP echo (RFC 862; issue 15) --
+
+
+@attrs.frozen(kw_only=True)
+class UDPConfig:
+    """Serve UDP echo (RFC 862) on the TCP listener's host and port(s): each
+    datagram accepted is echoed once, unchanged, to its source.
+
+    UDP echo can be turned into a loop or a reflector, so every datagram passes
+    these checks first (see :mod:`trio_echo._udp_policy`): a source port of a
+    small service is dropped (``dropped_port``), a datagram larger than
+    :attr:`ConnectionConfig.max_message` is dropped, never truncated
+    (``dropped_size``), and token buckets cap the datagrams and bytes per
+    second from each source address (``dropped_rate_source``) and in total
+    (``dropped_rate_global``).  A bucket holds one second's worth (at least
+    one datagram of ``max_message`` bytes) and starts full.  Any rate may be
+    ``None`` to lift it.
+
+    Frozen and keyword-only; :exc:`TypeError`/:exc:`ValueError` name the field.
+    """
+
+    source_rate: int | None = attrs.field(default=1000, validator=_optional(_int_in_range(1)))
+    """Datagrams per second echoed to one source address."""
+
+    source_bytes: int | None = attrs.field(default=1 << 20, validator=_optional(_int_in_range(1)))
+    """Bytes per second echoed to one source address (1 MiB/s)."""
+
+    global_rate: int | None = attrs.field(default=20000, validator=_optional(_int_in_range(1)))
+    """Datagrams per second echoed in total."""
+
+    global_bytes: int | None = attrs.field(default=16 << 20, validator=_optional(_int_in_range(1)))
+    """Bytes per second echoed in total (16 MiB/s)."""
+
+    max_sources: int = attrs.field(default=16384, validator=_int_in_range(1))
+    """Source addresses whose buckets are remembered; beyond it the least
+    recently seen is forgotten (so memory stays bounded under a flood from
+    many addresses, while the global bucket still caps the total)."""
+
+
+def _serves_any(instance: ServerConfig, attribute: attrs.Attribute[Any], value: object) -> None:
+    listener = instance.listener
+    if not listener.tcp and listener.unix is None and value is None:
+        raise ValueError("udp is required when neither tcp nor unix is on: nothing to serve")
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Everything :func:`trio_echo.serve` needs.
 
     Frozen and keyword-only; every part has working defaults, so
-    ``ServerConfig()`` serves plain TCP on 127.0.0.1:9999.  A part of the
+    ``ServerConfig()`` serves plain TCP on 127.0.0.1:9999 (add ``udp`` for UDP
+    echo, ``listener.unix`` for a Unix socket).  A part of the
     wrong class raises :exc:`TypeError` naming the field; no I/O.
 
     Example::
@@ -422,6 +533,12 @@ class ServerConfig:
         validator=_optional(_instance_of(TLSConfig, what="a TLSConfig or None")),
     )
     """Serve over TLS with this configuration; ``None`` serves plain TCP."""
+
+    udp: UDPConfig | None = attrs.field(
+        default=None,
+        validator=[_optional(_instance_of(UDPConfig, what="a UDPConfig or None")), _serves_any],
+    )
+    """Also serve UDP echo with this configuration; ``None`` serves no UDP."""
 
     worker: int = attrs.field(default=0, validator=_int_in_range(0))
     """This server's number among ``--workers`` (1 to N), shown as ``{worker}`` in

@@ -119,8 +119,8 @@ class FaultTransport(Wrapper):
     waits like an idle connection: a stop ends it at once, the idle timeout
     ends it with a clean close.  A reset first waits until the kernel has
     transmitted every byte written, so the client reads exactly the bytes
-    before the count, then the reset; without a socket underneath (memory
-    streams) the connection is just closed at once.  Either way the halt
+    before the count, then the reset; without a TCP socket underneath (memory
+    streams, Unix sockets) the connection is just closed at once.  Either way the halt
     raises :exc:`~trio_echo._transports.Ended` with ``stalled`` or
     ``reset-injected``.
     """
@@ -179,7 +179,8 @@ class FaultTransport(Wrapper):
             raise Ended(reason, drain=True)
         self._count(RESET)
         sock = self.socket()
-        if sock is None:
+        # A Unix socket has no reset: what was written stays readable, then EOF.
+        if sock is None or sock.family == socket.AF_UNIX:
             await trio.lowlevel.checkpoint()
         else:
             await owner.wait_as_idle(partial(_wait_transmitted, sock))
@@ -265,7 +266,7 @@ def describe(faults: Faults, *, seed: int | None) -> str:
         for field in attrs.fields(Faults)
         if field.name != "seed" and (value := getattr(faults, field.name)) != field.default
     ]
-    if faults.jitter:
+    if faults.random:
         parts.append(f"seed={seed}")
     return " ".join(parts)
 

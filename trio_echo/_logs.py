@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
+import attrs
 import trio
 
 from ._stats import ServerStatistics
@@ -105,6 +106,8 @@ def counters(stats: ServerStatistics) -> dict[str, object]:
         "bytes_out": stats.bytes_out,
         "limit_waits": stats.limit_waits,
         "accept_errors": stats.accept_errors,
+        # UDP (issue 15): present only when the server serves UDP.
+        **({} if stats.udp is None else {"udp": attrs.asdict(stats.udp)}),
     }
 
 
@@ -132,7 +135,7 @@ async def report_statistics(server: HasStatistics, interval: float) -> None:
         by_reason = " ".join(f"{reason}={n}" for reason, n in now.closed_by_reason.items())
         LOGGER.info(
             "stats: active=%d accepted=%d closed=%d (%s) rounds=%d bytes_in=%d bytes_out=%d; "
-            "per second: accepted=%.1f rounds=%.1f bytes_in=%.0f bytes_out=%.0f",
+            "per second: accepted=%.1f rounds=%.1f bytes_in=%.0f bytes_out=%.0f%s",
             now.active,
             now.accepted,
             now.closed,
@@ -144,6 +147,19 @@ async def report_statistics(server: HasStatistics, interval: float) -> None:
             rates["rounds"],
             rates["bytes_in"],
             rates["bytes_out"],
+            _udp_part(now),
             extra=event("stats", **counters(now), interval=round(elapsed, 3), per_second=rates),
         )
         last, last_time = now, now_time
+
+
+def _udp_part(stats: ServerStatistics) -> str:
+    """``; udp: received=.. echoed=.. dropped=.. (reasons)`` for the stats line (issue 15)."""
+    udp = stats.udp
+    if udp is None:
+        return ""
+    reasons = " ".join(f"{reason}={n}" for reason, n in udp.dropped_by_reason.items())
+    return (
+        f"; udp: received={udp.received} echoed={udp.echoed} dropped={udp.dropped}"
+        f" ({reasons or 'none'}) sources={udp.sources}"
+    )

@@ -25,7 +25,7 @@ from prometheus_client.samples import Sample
 
 from ._faults import BANDWIDTH, FRAGMENT, LATENCY, RESET, STALL
 from ._reasons import ALL as ALL_REASONS
-from ._stats import ServerStatistics
+from ._stats import ServerStatistics, UDPStatistics
 from ._version import __version__
 
 __all__ = ["PREFIX", "Exposition", "Snapshot", "StatisticsCollector"]
@@ -122,6 +122,46 @@ class StatisticsCollector(Collector):
                 )
             active.samples.append(Sample(active.name, labels, stats.active))
         yield from (active, closed, faults)
+        if snapshot.total.udp is not None:
+            yield from _udp_families(snapshot.total.udp)
+
+
+#: The UDP counters (issue 15): (name without prefix and ``_total``, help, statistic).
+UDP_COUNTERS: Final[tuple[tuple[str, str, Callable[[UDPStatistics], int]], ...]] = (
+    ("udp_datagrams_received", "UDP datagrams received.", lambda u: u.received),
+    ("udp_datagrams_echoed", "UDP echoes sent.", lambda u: u.echoed),
+    ("udp_received_bytes", "Bytes of the UDP datagrams admitted.", lambda u: u.bytes_in),
+    ("udp_sent_bytes", "Bytes echoed over UDP.", lambda u: u.bytes_out),
+)
+
+#: Every UDP drop reason, always exposed (0 until it happens).
+UDP_DROP_REASONS: Final = (
+    "dropped_port",
+    "dropped_size",
+    "dropped_rate_source",
+    "dropped_rate_global",
+    "dropped_backlog",
+    "dropped_send_error",
+)
+
+
+def _udp_families(udp: UDPStatistics) -> Iterator[Metric]:
+    """The UDP series (a single process: UDP does not run with ``--workers``)."""
+    for name, text, value_of in UDP_COUNTERS:
+        yield CounterMetricFamily(PREFIX + name, text, value=value_of(udp))
+    dropped = CounterMetricFamily(
+        PREFIX + "udp_datagrams_dropped",
+        "UDP datagrams not answered, by reason.",
+        labels=["reason"],
+    )
+    for reason in _with_known(udp.dropped_by_reason, UDP_DROP_REASONS):
+        dropped.add_metric([reason], udp.dropped_by_reason.get(reason, 0))
+    yield dropped
+    yield GaugeMetricFamily(
+        PREFIX + "udp_sources",
+        "Source addresses whose UDP rate buckets are remembered now.",
+        value=udp.sources,
+    )
 
 
 def _with_known(counts: Mapping[str, int], known: tuple[str, ...]) -> list[str]:

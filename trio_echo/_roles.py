@@ -283,8 +283,16 @@ def _supervise(
 
 
 def _where(config: ServerConfig) -> str:
-    host = config.listener.host
-    return f"{'*' if host is None else host}:{config.listener.port}"
+    listener = config.listener
+    host = listener.host
+    where = f"{'*' if host is None else host}:{listener.port}"
+    # UDP and the Unix socket (issue 15).
+    places = [where] if listener.tcp else []
+    if config.udp is not None:
+        places.append(f"udp {where}")
+    if listener.unix is not None:
+        places.append(f"unix:{os.fspath(listener.unix)}")
+    return ", ".join(places)
 
 
 def _first(group: BaseExceptionGroup[_E]) -> _E:

@@ -6,6 +6,7 @@ import errno
 import logging
 import math
 import os
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Final
@@ -16,12 +17,15 @@ from ._assembly import ConnectionFactory
 from ._closelog import log_close
 from ._config import ServerConfig
 from ._connection import Connection
+from ._endpoints import bind_other_endpoints
 from ._faults import describe
 from ._logs import event
 from ._reasons import ERROR, REFUSED
 from ._sockets import format_address
 from ._stats import ServerStatistics, Tally
 from ._tls import server_context
+from ._udp import UDPEcho
+from ._unix import UnixSocketFile
 
 __all__ = ["EchoServer", "serve"]
 
@@ -57,12 +61,19 @@ class EchoServer:
         listeners: list[trio.SocketListener],
         *,
         ssl_context: ssl.SSLContext | None = None,
+        udp_sockets: Sequence[socket.socket] = (),
+        unix_file: UnixSocketFile | None = None,
     ) -> None:
         self.config = config
         self.listeners: tuple[trio.SocketListener, ...] = tuple(listeners)
         # Read once: the listeners are closed at shutdown, the handle outlives them.
-        names = [listener.socket.getsockname() for listener in listeners]
+        names = [
+            listener.socket.getsockname()
+            for listener in listeners
+            if listener.socket.family != socket.AF_UNIX
+        ]
         self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
+        self._unix_file = unix_file
         self._tally = Tally()
         # Every open connection, echoing or still in a step before echoing.  A
         # dict used as a set: at 10,000 entries its table takes about half the
@@ -82,21 +93,57 @@ class EchoServer:
         self._grace_ends = math.inf
         # When each kind of warning was last logged (see _warn).
         self._last_warning: dict[str, float] = {}
+        self._udp: UDPEcho | None = None
+        if config.udp is not None:
+            self._udp = UDPEcho(
+                config,
+                udp_sockets,
+                fault_seed=self._new_connection.fault_seed,
+                fault_events=self._tally.faults,
+            )
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
-        """Every bound ``(host, port)``: one per listener (IPv4 and IPv6 may differ)."""
+        """Every bound TCP ``(host, port)``: one per listener (IPv4 and IPv6 may
+        differ); empty when no TCP is served."""
         return self._addresses
 
     @property
+    def udp_addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every bound UDP ``(host, port)`` (the TCP ones, when both are served);
+        empty when no UDP is served."""
+        return () if self._udp is None else self._udp.addresses
+
+    @property
+    def unix_path(self) -> str | None:
+        """The path of the Unix socket served, ``None`` if none."""
+        return None if self._unix_file is None else self._unix_file.path
+
+    @property
     def host(self) -> str:
-        """The bound address of the first listener (as ``addresses[0][0]``)."""
-        return self.addresses[0][0]
+        """The bound address of the first TCP listener (as ``addresses[0][0]``),
+        else of the first UDP socket.
+
+        Raises:
+          LookupError: the server serves only a Unix socket.
+        """
+        addresses = self.addresses or self.udp_addresses
+        if not addresses:
+            raise LookupError("this server has no TCP or UDP address (it serves a Unix socket)")
+        return addresses[0][0]
 
     @property
     def port(self) -> int:
-        """The bound port of the first listener (the real one when configured as ``0``)."""
-        return self.addresses[0][1]
+        """The bound port of the first TCP listener (the real one when configured
+        as ``0``), else of the first UDP socket.
+
+        Raises:
+          LookupError: the server serves only a Unix socket.
+        """
+        addresses = self.addresses or self.udp_addresses
+        if not addresses:
+            raise LookupError("this server has no TCP or UDP port (it serves a Unix socket)")
+        return addresses[0][1]
 
     @property
     def ready(self) -> bool:
@@ -138,7 +185,8 @@ class EchoServer:
 
         Synchronous and cheap (it walks the open connections); never raises.
         """
-        return self._tally.snapshot(self._active)
+        udp = None if self._udp is None else self._udp.statistics()
+        return self._tally.snapshot(self._active, udp)
 
     def request_shutdown(self) -> None:
         """Start a graceful shutdown (see :meth:`shutdown`) without waiting for it.
@@ -186,7 +234,9 @@ class EchoServer:
                                 "start", host=host, port=port, tls=self.config.tls is not None
                             ),
                         )
-                    if self._new_connection.faults_on:
+                    self._start_other_transports(acceptors, handlers)
+                    udp_faults = self.config.connection.faults.datagram_enabled
+                    if self._new_connection.faults_on or (self._udp is not None and udp_faults):
                         faults = describe(
                             self.config.connection.faults, seed=self._new_connection.fault_seed
                         )
@@ -199,7 +249,41 @@ class EchoServer:
         finally:
             with trio.CancelScope(shield=True):
                 await self._close_listeners()
+            self._close_other_transports()
             self._stopped.set()
+
+    # -- UDP and the Unix socket (issue 15) --
+
+    def _start_other_transports(self, acceptors: trio.Nursery, handlers: trio.Nursery) -> None:
+        """Log the Unix socket; start the UDP loops next to the accept loops (so
+        that they stop with them) and the delayed sender with the connections."""
+        if self._unix_file is not None:
+            path = self._unix_file.path
+            LOGGER.info(
+                "listening on unix:%s",
+                path,
+                extra=event("start", unix=path, tls=self.config.tls is not None),
+            )
+        udp = self._udp
+        if udp is None:
+            return
+        for sock, (host, port) in zip(udp.sockets, udp.addresses, strict=True):
+            acceptors.start_soon(udp.receive, sock, name=f"udp {format_address((host, port))}")
+            LOGGER.info(
+                "listening on %s (udp)",
+                format_address((host, port)),
+                extra=event("start", host=host, port=port, udp=True),
+            )
+        if udp.delays:
+            handlers.start_soon(udp.send_delayed)
+
+    def _close_other_transports(self) -> None:
+        if self._udp is not None:
+            self._udp.stop()
+            for sock in self._udp.sockets:
+                sock.close()
+        if self._unix_file is not None:
+            self._unix_file.remove()
 
     def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
         grace = self.config.listener.grace
@@ -210,6 +294,8 @@ class EchoServer:
             extra=event("stopping", active=len(self._active), grace=grace),
         )
         self._stopping = True
+        if self._udp is not None:
+            self._udp.stop()
         # After the grace, connections are cancelled; each still closes cleanly
         # (at most drain_timeout more), see Connection.
         self._grace_ends = trio.current_time() + grace
@@ -229,7 +315,13 @@ class EchoServer:
         dropped (trio issues #636, #982).
         """
         slots = self._slots
+        # With several listeners (IPv4 and IPv6, TCP and a Unix socket), a slot
+        # held by one listener's idle accept() would starve the others: take
+        # one only once a client is waiting on this listener.
+        shared = len(self.listeners) > 1
         while True:
+            if shared:
+                await trio.lowlevel.wait_readable(listener.socket)
             if slots.value == 0:
                 self._tally.limit_waits += 1
                 self._warn(
@@ -313,6 +405,13 @@ async def serve(
     :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
     and runs one task per connection.
 
+    With ``config.udp``, also serves UDP echo on each TCP address (or, with
+    ``listener.tcp`` off, on ``host``/``port``): see :class:`~trio_echo.UDPConfig`.  With
+    ``listener.unix``, also serves stream echo on that Unix socket (replacing a
+    stale socket file, refusing a live one with :exc:`OSError` ``EADDRINUSE``),
+    and removes the file when it stops.  See :attr:`EchoServer.udp_addresses`
+    and :attr:`EchoServer.unix_path`.
+
     With *listeners*, serves on those instead of binding, and ignores
     ``host``, ``port`` and ``backlog``: this is how a socket bound with
     ``SO_REUSEPORT`` or inherited from systemd is served.  Wrap a listening
@@ -346,9 +445,23 @@ async def serve(
     if listeners is not None and not listeners:
         raise ValueError("listeners must hold at least one trio.SocketListener")
     context = None if config.tls is None else server_context(config.tls)
+    listener_config = config.listener
     if listeners is None:
-        listener_config = config.listener
-        listeners = await trio.open_tcp_listeners(
-            listener_config.port, host=listener_config.host, backlog=listener_config.backlog
-        )
-    await EchoServer(config, list(listeners), ssl_context=context)._run(task_status)
+        listeners = []
+        if listener_config.tcp:
+            listeners = await trio.open_tcp_listeners(
+                listener_config.port, host=listener_config.host, backlog=listener_config.backlog
+            )
+    listeners = list(listeners)
+    try:
+        udp_sockets, unix_listener, unix_file = bind_other_endpoints(config, listeners)
+    except BaseException:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+        raise
+    if unix_listener is not None:
+        listeners.append(unix_listener)
+    server = EchoServer(
+        config, listeners, ssl_context=context, udp_sockets=udp_sockets, unix_file=unix_file
+    )
+    await server._run(task_status)

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import attrs
 
-__all__ = ["ServerStatistics"]
+__all__ = ["ServerStatistics", "UDPStatistics"]
 
 
 class ConnectionCounters(Protocol):
@@ -17,6 +17,43 @@ class ConnectionCounters(Protocol):
     rounds: int
     bytes_in: int
     bytes_out: int
+
+
+@attrs.frozen(kw_only=True)
+class UDPStatistics:
+    """The UDP counters of a server (``ServerStatistics.udp``); frozen plain data.
+
+    ``received == echoed-or-queued + dropped`` when no fault is on (loss and
+    duplication make echoes differ from admitted datagrams; see ``faults``).
+    """
+
+    received: int
+    """Datagrams received."""
+
+    echoed: int
+    """Echoes sent (one per datagram admitted; a duplicated one counts twice)."""
+
+    bytes_in: int
+    """Bytes in the datagrams admitted for echoing."""
+
+    bytes_out: int
+    """Bytes echoed."""
+
+    dropped: int
+    """Datagrams not answered, in total."""
+
+    dropped_by_reason: Mapping[str, int]
+    """Datagrams not answered, per reason: ``dropped_port`` (a blocked source
+    port: 0, 7, 13, 17, 19, 37), ``dropped_size`` (larger than ``max_message``),
+    ``dropped_rate_source`` and ``dropped_rate_global`` (over a rate limit),
+    ``dropped_backlog`` (too many echoes already delayed by faults),
+    ``dropped_send_error`` (the send failed)."""
+
+    sources: int
+    """Source addresses whose rate buckets are remembered now (at most ``max_sources``)."""
+
+    delayed: int = 0
+    """Echoes waiting for an injected delay now."""
 
 
 @attrs.frozen(kw_only=True)
@@ -61,8 +98,11 @@ class ServerStatistics:
     faults: Mapping[str, int] = attrs.field(factory=dict)
     """Times each injected fault acted (see :class:`~trio_echo.Faults`):
     ``latency`` echoes delayed, ``fragment`` pieces written, ``bandwidth`` waits
-    to keep to the rate, ``stall`` and ``reset`` connections halted.  Empty
-    when no fault is on."""
+    to keep to the rate, ``stall`` and ``reset`` connections halted; for UDP,
+    ``loss``, ``duplicate`` and ``reorder`` datagrams.  Empty when no fault is on."""
+
+    udp: UDPStatistics | None = None
+    """The UDP counters; ``None`` when the server serves no UDP."""
 
 
 @attrs.define(kw_only=True)
@@ -89,7 +129,9 @@ class Tally:
         self.bytes_out += conn.bytes_out
         self.closed_by_reason[reason] += 1
 
-    def snapshot(self, active: Iterable[ConnectionCounters]) -> ServerStatistics:
+    def snapshot(
+        self, active: Iterable[ConnectionCounters], udp: UDPStatistics | None = None
+    ) -> ServerStatistics:
         rounds, bytes_in, bytes_out, n_active = self.rounds, self.bytes_in, self.bytes_out, 0
         for conn in active:
             n_active += 1
@@ -107,4 +149,5 @@ class Tally:
             limit_waits=self.limit_waits,
             accept_errors=self.accept_errors,
             faults=dict(sorted(self.faults.items())),
+            udp=udp,
         )

@@ -81,6 +81,16 @@ class ThreadedEchoServer:
         return self._server.addresses
 
     @property
+    def udp_addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every bound UDP ``(host, port)``; empty when no UDP is served (issue 15)."""
+        return self._server.udp_addresses
+
+    @property
+    def unix_path(self) -> str | None:
+        """The path of the Unix socket served, ``None`` if none (issue 15)."""
+        return self._server.unix_path
+
+    @property
     def host(self) -> str:
         """The bound address of the first listener (``"127.0.0.1"`` by default)."""
         return self._server.host

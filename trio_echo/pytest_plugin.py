@@ -24,6 +24,14 @@ fixtures themselves are synchronous, so no async plugin ever claims them.  A
 ``unittest.TestCase`` run by pytest gets them through an autouse fixture method
 (``def _server(self, echo_server): self.server = echo_server``).
 
+UDP echo and a Unix socket are config fields like any other::
+
+    server = await echo_server_factory(udp=trio_echo.UDPConfig())   # server.udp_addresses
+    server = await echo_server_factory(tcp=False, unix=str(tmp_path / "echo.sock"))
+
+(``await`` in a trio test; a plain call elsewhere, where the thread's handle
+reports the same ``udp_addresses`` and ``unix_path``.)
+
 ``TRIO_ECHO_TEST_HOST`` and ``TRIO_ECHO_TEST_PORT`` replace the default
 host (127.0.0.1) and port (0, a free one) of every server the fixtures start;
 keywords given to a factory still win.

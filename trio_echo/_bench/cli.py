@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect (and handshake), close, again: connections per second",
     )  # fmt: skip
     mode.add_argument(
-        "--udp", action="store_true", help="UDP echo (not supported yet: exits with status 2)"
-    )
+        "--udp", action="store_true",
+        help="UDP echo (trio-echo --udp): --connections flows of --pipeline datagrams in "
+        "flight; reports loss, duplicates and reordering",
+    )  # fmt: skip
     run = parser.add_argument_group("how much")
     run.add_argument("--size", type=SIZE, default=64, help="bytes per message (default 64)")
     run.add_argument(
@@ -128,8 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchConfig:
     """The config, or a usage error (exit 2) naming the option."""
-    if args.udp:
-        parser.error("argument --udp: UDP echo is not supported yet")
     try:
         address = parse_address(args.address)
     except ValueError as exc:
@@ -162,6 +162,10 @@ def main(argv: Sequence[str]) -> int:
     """Run ``trio-echo bench`` with *argv* (the arguments after ``bench``)."""
     parser = build_parser()
     args = parser.parse_args(list(argv))
+    if args.udp:
+        from .udp_cli import run_udp
+
+        return run_udp(parser, args)
     config = config_from_args(parser, args)
     if config.tls:
         from .connect import tls_context
