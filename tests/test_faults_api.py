@@ -44,6 +44,7 @@ def test_json_round_trip_and_units() -> None:
     # What GET answers may be PUT back as it is.
     assert faults_from_json(json.dumps(body).encode()) == faults
     assert faults_to_json(None) == {**faults_to_json(Faults()), "enabled": False}
+    assert faults_from_json(b'{"timeout": "never"}') == Faults(timeout=0)
 
 
 @pytest.mark.parametrize(

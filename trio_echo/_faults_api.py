@@ -8,8 +8,9 @@ their defaults, so ``{}`` turns every fault off); ``DELETE`` turns them off.
 ``PUT`` and ``DELETE`` also switch the open connections (as
 ``EchoServer.set_faults(..., existing=True)``), unless the query says
 ``?existing=false``.  Durations are numbers of seconds or strings with a unit
-(``"50ms"``), sizes numbers of bytes or strings (``"64KiB"``), as on the
-command line.  A bad body gets ``400`` with one line naming the field.
+(``"50ms"``; ``timeout`` also ``"never"``), sizes numbers of bytes or strings
+(``"64KiB"``), as on the command line.  A bad body gets ``400`` with one line
+naming the field.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def faults_from_json(body: bytes) -> Faults:
 
 
 def _value(name: str, value: object) -> object:
+    if name == "timeout" and value == "never":
+        return 0.0  # as --timeout never
     if isinstance(value, str) and name in _UNITS:
         try:
             return _UNITS[name](value)

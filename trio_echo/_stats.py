@@ -61,8 +61,10 @@ class ServerStatistics:
     faults: Mapping[str, int] = attrs.field(factory=dict)
     """Times each injected fault acted (see :class:`~trio_echo.Faults`):
     ``latency`` echoes delayed, ``fragment`` pieces written, ``bandwidth`` waits
-    to keep to the rate, ``stall`` and ``reset`` connections halted.  Empty
-    when no fault is on."""
+    to keep to the rate, ``stall`` and ``reset`` connections halted,
+    ``slow_close`` closes delayed, ``timeout`` connections that stopped
+    answering, ``limit_data`` connections closed at the limit,
+    ``read_bandwidth`` waits before a read.  Empty when no fault acted."""
 
 
 @attrs.define(kw_only=True)
