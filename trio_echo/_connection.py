@@ -184,11 +184,17 @@ class Connection:
                     unyielded = 0
                     continue
                 out = self._take(data)
-                if self._ending is SHUTDOWN:
-                    # stop() may have tried to wake the wait just as the data
-                    # arrived; the echo is sent after it, bounded by the grace.
-                    out = bytes(out)
-                    break
+                # One test per round, as before adopt() existed (`is not None`
+                # costs what `is SHUTDOWN` did); what it found is sorted out here.
+                if self._ending is not None:
+                    if self._ending is SHUTDOWN:
+                        # stop() may have tried to wake the wait just as the data
+                        # arrived; the echo is sent after it, bounded by the grace.
+                        out = bytes(out)
+                        break
+                    if self._ending is _REFAULT:
+                        # Adopted while this data was on its way: echo it with the faults.
+                        transport = self._refaulted()
                 if out:
                     # As _send(), written out: no coroutine per round.
                     sent = transport.send_now(out)
@@ -250,8 +256,8 @@ class Connection:
 
     def adopt(self, transport: Transport) -> None:
         """Run over *transport* (a fault wrapper around the current one) from
-        the connection's next wait for input on; a connection waiting for
-        input now is woken to take it up at once.
+        the connection's next echo on (one already being sent finishes as it
+        was); a connection waiting for input is woken to take it up at once.
 
         How ``EchoServer.set_faults(..., existing=True)`` reaches a connection
         opened with faults off, without a check per round on the plain path.

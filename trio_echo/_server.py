@@ -144,11 +144,11 @@ class EchoServer:
         every fault off) turns them off.
 
         Connections opened afterwards get them.  With *existing*, the open
-        connections switch too, from their next operation: the next echo (or
-        read) of one opened with faults on; for one opened with faults off,
-        from its next wait for input (one busy echoing finishes that echo
-        first) -- so that with faults off the echo loop checks nothing more
-        per round.  Counts (``stall_after``, ``limit_data``...) start from the
+        connections switch too, from their next echo (or read); one opened
+        with faults off is then given the fault layer it lacked (an echo
+        already being sent finishes as it was), through a marker the echo
+        loop already tests once per round -- so with faults off it checks
+        nothing more per round.  Counts (``stall_after``, ``limit_data``...) start from the
         switch; ``target_connection`` and ``toxicity`` count connections from
         this call on, the open ones first (in the order they were opened).
 
