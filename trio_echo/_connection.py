@@ -47,7 +47,7 @@ IDLE_SLACK: Final = 0.05
 _HALF_SLACK: Final = IDLE_SLACK / 2
 
 # Not a close reason: _ending's marker for "a fault wrapper was adopted, take
-# it up at the next wait" (see adopt()).  A marker in _ending rather than a
+# it up at the next echo or wait" (see adopt()).  A marker in _ending rather than a
 # flag of its own, so that the loop's plain path checks nothing more per round.
 _REFAULT: Final = "refault"
 
