@@ -14,7 +14,8 @@ from trio_echo import EchoServer, Faults, ThreadedEchoServer, serve_in_thread
 from trio_echo._faults import FaultTransport
 from trio_echo.pytest_plugin import EchoServerFactory
 
-from .conftest import Connect, receive_exactly, wait_until
+from .conftest import Certificates, Connect, receive_exactly, wait_until
+from .test_tls import open_tls
 
 
 async def echo_time(client: trio.SocketStream, message: bytes = b"ping") -> float:
@@ -178,3 +179,24 @@ def test_the_threaded_fixture_returns_a_handle_with_set_faults(
 ) -> None:
     echo_server.set_faults(Faults(limit_data=1), existing=True)
     assert echo_once(echo_server, b"xyz") == b"x"
+
+
+async def test_faults_reach_an_open_tls_connection_on_the_plaintext(
+    autojump_clock: trio.testing.MockClock,
+    certificates: Certificates,
+    echo_server_factory: EchoServerFactory,
+) -> None:
+    server = await echo_server_factory(tls=certificates.tls())
+    async with await open_tls(server, certificates.client_context()) as client:
+        await client.send_all(b"abc")
+        assert await receive_exactly(client, 3) == b"abc"
+        server.set_faults(Faults(latency=4, limit_data=5), existing=True)
+        start = trio.current_time()
+        await client.send_all(b"defghij")
+        assert await receive_exactly(client, 5, limit=100) == b"defgh"
+        assert trio.current_time() - start == pytest.approx(4)
+        # limit-data's clean close is TLS's: close_notify, then EOF.
+        with trio.fail_after(10):
+            assert await client.receive_some() == b""
+    await wait_until(lambda: server.statistics().closed == 1)
+    assert server.statistics().closed_by_reason == {"limit-data": 1}
