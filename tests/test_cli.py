@@ -17,6 +17,7 @@ import sys
 import pytest
 
 import trio_echo
+from trio_echo import Faults
 from trio_echo._cli import build_parser, config_from_args, main, options_from_args
 
 from .conftest import StartProcess
@@ -98,6 +99,15 @@ def usage_error(capsys: pytest.CaptureFixture[str], *arguments: str) -> str:
         (["--stall-after", "lots"], "--stall-after", "invalid size 'lots'"),
         (["--reset-after", "1MB"], "--reset-after", "use MiB"),
         (["--seed", "x"], "--seed", "invalid int value"),
+        # ---- issue 17 ----
+        (["--slow-close", "1week"], "--slow-close", "unknown unit 'week'"),
+        (["--timeout", "later"], "--timeout", "invalid duration 'later'"),
+        (["--limit-data", "1KB"], "--limit-data", "use KiB"),
+        (["--read-bandwidth", "0"], "--read-bandwidth", "read_bandwidth"),
+        (["--toxicity", "1.5"], "--toxicity", "a probability is from 0 to 1, got 1.5"),
+        (["--toxicity", "half"], "--toxicity", "expected a probability from 0 to 1"),
+        (["--target-cidr", "10.0.0.0/33"], "--target-cidr", "'10.0.0.0/33' is not a network"),
+        (["--target-connection", "0"], "--target-connection", "a connection number >= 1"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_option_and_rule(
@@ -146,6 +156,26 @@ def test_durations_and_sizes_take_units_or_plain_numbers(
 ) -> None:
     part, name = field
     assert getattr(getattr(parse(*args), part), name) == value
+
+
+def test_issue_17_fault_options_set_the_faults() -> None:
+    faults = parse(
+        "--slow-close", "250ms", "--timeout", "never", "--limit-data", "1KiB",
+        "--read-bandwidth", "64KiB/s", "--toxicity", "0.25", "--target-cidr",
+        "10.0.0.0/8, ::1", "--target-connection", "3", "--seed", "9",
+    ).connection.faults  # fmt: skip
+    assert faults == Faults(
+        slow_close=0.25,
+        timeout=0.0,
+        limit_data=1024,
+        read_bandwidth=65536,
+        toxicity=0.25,
+        target_cidr=("10.0.0.0/8", "::1"),
+        target_connection=3,
+        seed=9,
+    )
+    assert parse("--timeout", "30s").connection.faults.timeout == 30
+    assert parse().connection.faults == Faults()
 
 
 def test_stats_interval_and_fds_are_process_options() -> None:

@@ -19,9 +19,9 @@ import attrs
 import trio
 
 from ._admission import AddressLimits, PerAddressStep, Refuse, Warnings, host_of, is_trusted
-from ._config import ConnectionConfig, ServerConfig
+from ._config import ConnectionConfig, Faults, ServerConfig
 from ._connection import Connection
-from ._faults import FaultTransport
+from ._faults import FaultTransport, chosen, in_networks
 from ._hello import HelloStep, render_hello
 from ._preamble import ProxyHeaderStep
 from ._reasons import PROXY_UNTRUSTED
@@ -84,7 +84,14 @@ class ConnectionFactory:
         # One receive buffer for every plain-TCP connection (see SocketTransport).
         self._buffer = memoryview(bytearray(config.connection.max_message))
         faults = config.connection.faults
-        self.faults_on = faults.enabled
+        #: The faults new connections get, ``None`` when off (see set_faults).
+        self.faults: Faults | None = faults if faults.enabled else None
+        #: ``faults is not None``, read once per accepted connection.
+        self.faults_on = self.faults is not None
+        #: Whether faults were ever on: the close line then shows them.
+        self.faults_ever = self.faults_on
+        # Connections opened since the faults were set (target_connection, toxicity).
+        self._fault_number = 0
         #: Drawn once per server, and logged, so that a run without a seed can
         #: be replayed with --seed.
         self.fault_seed = faults.seed
@@ -107,6 +114,51 @@ class ConnectionFactory:
     def replace_ssl_context(self, context: ssl.SSLContext) -> None:
         """Serve new connections with *context* (open ones keep theirs)."""
         self._ssl_context = context
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Give connections opened from now on *faults* (``None``, or all off: none).
+
+        The connection count that ``target_connection`` and ``toxicity`` use
+        starts again at 0; a seed in *faults* replaces the server's.
+        """
+        if faults is not None and not faults.enabled:
+            faults = None
+        self.faults = faults
+        self.faults_on = faults is not None
+        self.faults_ever = self.faults_ever or self.faults_on
+        self._fault_number = 0
+        if faults is not None:
+            if faults.seed is not None:
+                self.fault_seed = faults.seed
+            elif self.fault_seed is None and faults.random:
+                self.fault_seed = random.SystemRandom().randrange(2**32)
+
+    def refault(self, conn: Connection) -> None:
+        """Switch the open *conn* to the current faults from its next operation
+        (it counts as the next connection for targeting)."""
+        faults = self._targeted(conn.peer)
+        transport = conn.transport
+        if isinstance(transport, FaultTransport):
+            transport.switch(faults)
+        elif faults is not None:
+            conn.adopt(self._wrap(transport, faults))
+
+    def _targeted(self, peer: str | None) -> Faults | None:
+        """The faults for the next connection, ``None`` if it is spared
+        (*peer* ``None``: the address is checked later, in the start step)."""
+        faults = self.faults
+        if faults is None:
+            return None
+        self._fault_number += 1
+        if not chosen(faults, number=self._fault_number, seed=self.fault_seed):
+            return None
+        cidrs = faults.target_cidr
+        if peer is not None and cidrs is not None and not in_networks(peer, cidrs):
+            return None
+        return faults
+
+    def _wrap(self, transport: Transport, faults: Faults) -> FaultTransport:
+        return FaultTransport(transport, faults, seed=self.fault_seed, events=self._fault_events)
 
     def __call__(self, stream: trio.SocketStream) -> Connection:
         """The connection for *stream*, which it takes over.
@@ -143,14 +195,11 @@ class ConnectionFactory:
         if config.connection.hello is not None:
             steps.append(self._hello_step(transport, sock))
         if self.faults_on:
-            faulty = FaultTransport(
-                transport,
-                config.connection.faults,
-                seed=self.fault_seed,
-                events=self._fault_events,
-            )
-            steps.append(faulty.start)
-            transport = faulty
+            faults = self._targeted(None)
+            if faults is not None:
+                faulty = self._wrap(transport, faults)
+                steps.append(faulty.start)
+                transport = faulty
         if not steps:
             # The plain path: no list kept per connection.
             return Connection(transport, shared, peer=peer)

@@ -113,6 +113,46 @@ DURATION = _typed(parse_duration, "duration")
 POSITIVE_DURATION = _typed(_positive_duration, "duration")
 SIZE = _typed(parse_size, "size")
 RATE = _typed(parse_rate, "rate")
+
+
+# ---- types of the issue-17 fault options ----
+
+
+def _timeout(text: str) -> float:
+    """``--timeout``: a duration, or ``never`` (``0``: never close, as Toxiproxy)."""
+    return 0.0 if text.strip() == "never" else parse_duration(text)
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a probability from 0 to 1, like 0.5; got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"a probability is from 0 to 1, got {text}")
+    return value
+
+
+def _cidrs(text: str) -> tuple[str, ...]:
+    import ipaddress
+
+    networks = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not networks:
+        raise ValueError("expected CIDR[,CIDR...], got nothing")
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or fd00::/8") from None
+    return networks
+
+
+def _ordinal(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a connection number >= 1, got {text!r}")
+    return int(text)
+
+
 DESCRIPTOR = _typed(_descriptor, "descriptor")
 
 
@@ -257,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The fault options: (option, metavar, help).  Each sets the Faults field of
-# the same name; durations default to 0, the others to None (off).
+# the same name, and defaults to that field's default (off).
 FAULT_OPTIONS = (
     ("--latency", "DURATION", "delay each echo"),
     ("--jitter", "DURATION", "vary each delay uniformly by up to +/- this (at most --latency)"),
@@ -272,11 +312,30 @@ FAULT_OPTIONS = (
     ("--reset-after", "SIZE", "after echoing SIZE bytes, abort the connection with a TCP reset"),
     ("--loss", "PERCENT", "UDP: drop this percentage of the echoes"),
     ("--duplicate", "PERCENT", "UDP: echo this percentage of the datagrams twice"),
-    ("--reorder", "K", "UDP: hold a datagram back behind the next K echoes, then the next one"),
+    (
+        "--reorder",
+        "COUNT",
+        "UDP: hold a datagram back behind the next COUNT echoes",
+    ),
+    ("--slow-close", "DURATION", "wait this long, silent, before each clean close"),
+    (
+        "--timeout",
+        "TIMEOUT",
+        "stop answering (input read and dropped), then close after TIMEOUT; 0 or 'never': never",
+    ),
+    ("--limit-data", "SIZE", "close cleanly once SIZE bytes have been echoed"),
+    (
+        "--read-bandwidth",
+        "RATE",
+        "read at most RATE bytes/s from each client (tests its send-side backpressure)",
+    ),
+    ("--toxicity", "P", "probability that a connection gets the faults (default: 1)"),
+    ("--target-cidr", "CIDR[,CIDR...]", "faults only for clients in these networks"),
+    ("--target-connection", "K", "faults only for the K-th connection (1: the first)"),
     (
         "--seed",
         "N",
-        "seed for --jitter, --loss and --duplicate, to replay a run "
+        "seed for --jitter, --toxicity, --loss and --duplicate, to replay a run "
         "(default: drawn at start and logged)",
     ),
 )
@@ -291,11 +350,16 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         "SIZE": SIZE,
         "RATE": RATE,
         "N": int,
-        "K": int,
+        "COUNT": int,
         "PERCENT": float,
+        "TIMEOUT": _typed(_timeout, "timeout"),
+        "P": _typed(_probability, "probability"),
+        "CIDR[,CIDR...]": _typed(_cidrs, "networks"),
+        "K": _typed(_ordinal, "connection number"),
     }
+    fields = attrs.fields_dict(Faults)
     for option, metavar, text in FAULT_OPTIONS:
-        default = 0.0 if metavar in ("DURATION", "PERCENT") else None
+        default = fields[option[2:].replace("-", "_")].default
         faults.add_argument(
             option, type=types[metavar], metavar=metavar, default=default, help=text
         )

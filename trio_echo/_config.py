@@ -152,6 +152,30 @@ def _percent(instance: object, attribute: attrs.Attribute[Any], value: object) -
         raise ValueError(f"{attribute.name} must be a percentage from 0 to 100, got {value!r}")
 
 
+def _probability(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a probability, not {type(value).__name__}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def _target_networks(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: a non-empty tuple of CIDR strings."""
+    import ipaddress
+
+    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"{attribute.name} must be a tuple of CIDR strings, got {_short(value)}")
+    if not value:
+        raise ValueError(f"{attribute.name} must name at least one network (None: every client)")
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{attribute.name}: {item!r} is not a network like 10.0.0.0/8 or fd00::/8"
+            ) from None
+
+
 @attrs.frozen(kw_only=True)
 class Faults:
     """Misbehaviour injected on purpose, to test clients against a bad server.
@@ -222,17 +246,53 @@ class Faults:
     (or after :data:`~trio_echo._udp_faults.REORDER_MAX_HOLD` seconds without them),
     then hold the next one; ``None`` is off.  ``1`` turns 1 2 3 4 into 2 1 4 3."""
 
+    # ---- issue 17: faults past Toxiproxy's ----
+
+    slow_close: float = attrs.field(default=0.0, validator=_seconds(allow_zero=True))
+    """Seconds to wait, silent, before each clean close (after the client's EOF,
+    ``rounds``, a stall or ``limit_data``): the client sees neither data nor
+    EOF meanwhile; ``0`` is off.  A reset is never delayed."""
+
+    timeout: float | None = attrs.field(
+        default=None, validator=_optional(_seconds(allow_zero=True))
+    )
+    """Stop answering: echo nothing more, read and drop what the client sends,
+    then close cleanly after this many seconds (close reason
+    ``timeout-injected``); ``0`` never closes (Toxiproxy's ``timeout=0``);
+    ``None`` is off."""
+
+    limit_data: int | None = attrs.field(default=None, validator=_optional(_int_in_range(0)))
+    """Close cleanly once this many bytes have been echoed (mid-message if that
+    is where the count falls; close reason ``limit-data``): in an echo the
+    same bytes cross both directions; ``None`` is off."""
+
+    read_bandwidth: int | None = attrs.field(default=None, validator=_optional(_int_in_range(1)))
+    """Read at most this many bytes per second from the client (the upstream
+    twin of :attr:`bandwidth`), so that the client's sends block: its
+    send-side backpressure and write timeouts get tested; ``None`` is off."""
+
+    toxicity: float = attrs.field(default=1.0, validator=_probability)
+    """The probability that a connection gets these faults at all, drawn once
+    per connection from :attr:`seed` and the connection's number; ``1`` is all."""
+
+    target_cidr: tuple[str, ...] | None = attrs.field(
+        default=None, validator=_optional(_target_networks)
+    )
+    """Only clients in one of these networks (CIDR strings; behind a PROXY
+    header, the address it names) get the faults; ``None`` is every client."""
+
+    target_connection: int | None = attrs.field(
+        default=None, validator=_optional(_int_in_range(1))
+    )
+    """Only the *k*-th connection opened since these faults were set (1 is
+    the first) gets them; ``None`` is every connection."""
+
     seed: int | None = attrs.field(default=None, validator=_optional(_int_in_range(0)))
     """Seed for the jitter's generator (and for UDP loss and duplication).  Each
     connection draws from its own generator seeded with it, so every connection
     sees the same sequence of delays whatever order connections arrive in.
     ``None`` lets the server pick a seed at start and log it, so that a
     failing run can be replayed."""
-
-    @property
-    def random(self) -> bool:
-        """Whether any fault draws from the seeded generator (jitter, loss, duplication)."""
-        return bool(self.jitter or self.loss or self.duplicate)
 
     @property
     def datagram_enabled(self) -> bool:
@@ -250,7 +310,17 @@ class Faults:
             or self.bandwidth is not None
             or self.stall_after is not None
             or self.reset_after is not None
+            or self.slow_close
+            or self.timeout is not None
+            or self.limit_data is not None
+            or self.read_bandwidth is not None
         )
+
+    @property
+    def random(self) -> bool:
+        """Whether the faults draw from :attr:`seed` (jitter, toxicity, UDP loss
+        and duplication)."""
+        return bool(self.jitter or self.loss or self.duplicate) or self.toxicity < 1
 
 
 def _hello_template(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:

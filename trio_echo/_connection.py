@@ -46,6 +46,11 @@ MAX_UNYIELDED: Final = 32
 IDLE_SLACK: Final = 0.05
 _HALF_SLACK: Final = IDLE_SLACK / 2
 
+# Not a close reason: _ending's marker for "a fault wrapper was adopted, take
+# it up at the next echo or wait" (see adopt()).  A marker in _ending rather than a
+# flag of its own, so that the loop's plain path checks nothing more per round.
+_REFAULT: Final = "refault"
+
 # What a connection is blocked in, for stop() and the idle sweep to wake.
 _NOT_WAITING: Final = 0
 _RECEIVING: Final = 1
@@ -156,6 +161,8 @@ class Connection:
         try:
             if self._steps:
                 await self._run_steps()
+                # A fault wrapper may have been adopted meanwhile.
+                transport = self._transport
             echoing = True
             protocol = self._protocol
             if self._shared.idle is not None:
@@ -167,13 +174,19 @@ class Connection:
                 data = transport.try_receive()
                 if data is None:
                     if self._ending is not None:
+                        if self._ending is _REFAULT:
+                            transport = self._refaulted()
+                            continue
                         break
                     self._arm_idle()
                     self._waiting = _RECEIVING
                     try:
                         await transport.wait_receivable()
                     except trio.ClosedResourceError:
-                        # Woken by interrupt(): the idle sweep or stop().
+                        # Woken by interrupt(): the idle sweep, stop() or adopt().
+                        if self._ending is _REFAULT:
+                            transport = self._refaulted()
+                            continue
                         if self._ending is None:
                             raise
                         break
@@ -182,11 +195,17 @@ class Connection:
                     unyielded = 0
                     continue
                 out = self._take(data)
-                if self._ending is SHUTDOWN:
-                    # stop() may have tried to wake the wait just as the data
-                    # arrived; the echo is sent after it, bounded by the grace.
-                    out = bytes(out)
-                    break
+                # One test per round, as before adopt() existed (`is not None`
+                # costs what `is SHUTDOWN` did); what it found is sorted out here.
+                if self._ending is not None:
+                    if self._ending is SHUTDOWN:
+                        # stop() may have tried to wake the wait just as the data
+                        # arrived; the echo is sent after it, bounded by the grace.
+                        out = bytes(out)
+                        break
+                    if self._ending is _REFAULT:
+                        # Adopted while this data was on its way: echo it with the faults.
+                        transport = self._refaulted()
                 if out:
                     # As _send(), written out: no coroutine per round.
                     sent = transport.send_now(out)
@@ -256,6 +275,25 @@ class Connection:
                 self._shared.on_close(self)
         return reason
 
+    def adopt(self, transport: Transport) -> None:
+        """Run over *transport* (a fault wrapper around the current one) from
+        the connection's next echo on (one already being sent finishes as it
+        was); a connection waiting for input is woken to take it up at once.
+
+        How ``EchoServer.set_faults(..., existing=True)`` reaches a connection
+        opened with faults off, without a check per round on the plain path.
+        """
+        self._transport = transport
+        transport.bind(self)
+        if self._ending is None:
+            self._ending = _REFAULT
+            if self._waiting == _RECEIVING and self._scope is None:
+                self._wake()
+
+    def _refaulted(self) -> Transport:
+        self._ending = None
+        return self._transport
+
     async def _run_steps(self) -> None:
         """Each step before echoing, in a scope of its own that stop() cancels."""
         for step in self._steps:
@@ -320,7 +358,8 @@ class Connection:
         is already decided: a client resetting now changes nothing.
         """
         try:
-            with trio.move_on_after(self._shared.config.drain_timeout):
+            delay = self._transport.close_delay
+            with trio.move_on_after(self._shared.config.drain_timeout + delay):
                 await self._transport.send_eof()
                 await self._transport.discard_until_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -377,7 +416,7 @@ class Connection:
         assert idle is not None
         if self._deadline <= now and self._waiting != _NOT_WAITING:
             self._bucket = None
-            if self._ending is None:
+            if self._ending is None or self._ending is _REFAULT:
                 self._ending = IDLE
                 self._wake()
         elif self._deadline == math.inf:

@@ -18,12 +18,15 @@ import logging
 import math
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._faults_api import FaultsEndpoint
 
 __all__ = ["HealthEndpoints", "serve_http"]
 
@@ -35,7 +38,8 @@ MAX_CLIENTS: Final = 32
 # A scrape request's head is a few hundred bytes; 8 KiB is nginx's default
 # large_client_header_buffers size (h11's own default is 16 KiB).
 MAX_HEAD: Final = 8192
-# None of the paths takes a body; a small one is read and ignored, a large one refused.
+# Only PUT /faults takes a body (a JSON object of a few hundred bytes); a
+# small one elsewhere is read and ignored, a large one refused.
 MAX_BODY: Final = 8192
 # A whole request must arrive within this; a slowloris holds a slot no longer.
 REQUEST_TIMEOUT: Final = 5.0
@@ -62,9 +66,12 @@ class HealthEndpoints:
         *,
         metrics: Callable[[str | None], tuple[bytes, str]] | None,
         ready: Callable[[], bool],
+        faults: FaultsEndpoint | None = None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
+        #: ``/faults`` (issue 17), ``None``: not served (404).
+        self.faults = faults
 
     def answer(self, method: bytes, target: bytes, accept: str | None) -> tuple[int, bytes, str]:
         """The status, body and content type for one request."""
@@ -100,9 +107,9 @@ class _Client:
                 # that never reads its answers holds a slot no longer either.
                 answered = False
                 with trio.move_on_after(limit) as scope:
-                    request = await self._next_request(scope)
+                    request, body = await self._next_request(scope)
                     if request is not None:
-                        await self._respond(request)
+                        await self._respond(request, body)
                         answered = True
                 if not answered:
                     return
@@ -117,11 +124,11 @@ class _Client:
         finally:
             await trio.aclose_forcefully(self.stream)
 
-    async def _next_request(self, scope: trio.CancelScope) -> h11.Request | None:
-        """The next request, its body read and ignored; ``None`` at the client's
-        EOF, or when *scope* runs out (then nothing is answered)."""
+    async def _next_request(self, scope: trio.CancelScope) -> tuple[h11.Request | None, bytes]:
+        """The next request and its body; ``None`` at the client's EOF, or when
+        *scope* runs out (then nothing is answered)."""
         request: h11.Request | None = None
-        body = 0
+        body = bytearray()
         started = False
         while True:
             event = self.conn.next_event()
@@ -135,16 +142,27 @@ class _Client:
             if isinstance(event, h11.Request):
                 request = event
             elif isinstance(event, h11.Data):
-                body += len(event.data)
-                if body > MAX_BODY:
+                body += event.data
+                if len(body) > MAX_BODY:
                     raise h11.RemoteProtocolError("request body too large", 413)
             elif isinstance(event, h11.EndOfMessage):
-                return request
+                return request, bytes(body)
             else:  # ConnectionClosed: a server sees no other event
-                return None
+                return None, b""
 
-    async def _respond(self, request: h11.Request) -> None:
+    async def _respond(self, request: h11.Request, body: bytes) -> None:
         method = request.method
+        path, _, query = request.target.partition(b"?")
+        faults = self.endpoints.faults
+        if path == b"/faults" and faults is not None:
+            if method in (b"GET", b"HEAD", b"PUT", b"DELETE"):
+                status, answer, content_type = faults.answer(method, query, body)
+                extra = []
+            else:
+                status, answer, content_type = 405, b"method not allowed\n", "text/plain"
+                extra = [(b"allow", b"GET, HEAD, PUT, DELETE")]
+            await self._send(status, answer, content_type, extra, head_only=method == b"HEAD")
+            return
         if method not in (b"GET", b"HEAD"):
             status, body, content_type = 405, b"method not allowed\n", "text/plain"
             extra = [(b"allow", b"GET, HEAD")]

@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
-from ._faults import BANDWIDTH, FRAGMENT, LATENCY, RESET, STALL
+from ._faults import KINDS
 from ._reasons import ALL as ALL_REASONS
 from ._stats import ServerStatistics, UDPStatistics
 from ._version import __version__
@@ -35,7 +35,7 @@ PREFIX: Final = "trio_echo_"
 
 #: Every kind of injected fault, always exposed (0 until it acts), so that
 #: ``rate()`` and dashboards see the series before the first event.
-FAULT_KINDS: Final = (LATENCY, FRAGMENT, BANDWIDTH, STALL, RESET)
+FAULT_KINDS: Final = KINDS
 
 
 @attrs.frozen(kw_only=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import trio
 
+from ._faults_api import FaultsEndpoint
 from ._httpd import HealthEndpoints, serve_http
 from ._logs import event
 from ._metrics import Exposition, Snapshot
@@ -30,18 +31,20 @@ async def serve_operations(
     source: Callable[[], Snapshot | None],
     ready: Callable[[], bool],
     start_time: float,
+    faults: FaultsEndpoint | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics`` (from *source*), ``/healthz`` and ``/readyz`` (from
     *ready*) on *host*:*port* until cancelled; ``started`` gets the bound port.
 
+    With *faults*, also ``/faults`` (see :mod:`trio_echo._faults_api`).
     Logs ``metrics on http://HOST:PORT/metrics`` for each listener.
 
     Error handling:
       Binding errors raise :exc:`OSError` before ``started``.
     """
     exposition = Exposition(source, start_time=start_time)
-    endpoints = HealthEndpoints(metrics=exposition.render, ready=ready)
+    endpoints = HealthEndpoints(metrics=exposition.render, ready=ready, faults=faults)
     # Bound here, not in a child task: a binding error is this call's OSError.
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = port

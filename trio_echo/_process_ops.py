@@ -17,7 +17,7 @@ import trio
 
 from ._cli import ProcessOptions
 from ._cli_ops import Endpoint
-from ._config import ServerConfig
+from ._config import Faults, ServerConfig
 from ._logs import event
 from ._server import EchoServer
 from ._settings import configuration_in_effect
@@ -25,6 +25,7 @@ from ._startup import StartupError, describe
 from ._stats import ServerStatistics
 
 if TYPE_CHECKING:
+    from ._faults_api import FaultsEndpoint
     from ._metrics import Snapshot
 
 __all__ = [
@@ -86,7 +87,17 @@ class ProcessOperations:
         def ready() -> bool:
             return self.server is not None and self.server.ready
 
-        await start_metrics(nursery, self.metrics, source, ready)
+        from ._faults_api import FaultsEndpoint
+
+        def get_faults() -> Faults | None:
+            return None if self.server is None else self.server.faults
+
+        def set_faults(faults: Faults | None, *, existing: bool) -> None:
+            if self.server is not None:
+                self.server.set_faults(faults, existing=existing)
+
+        faults = FaultsEndpoint(get_faults, set_faults)
+        await start_metrics(nursery, self.metrics, source, ready, faults)
 
     def start_reports(self, nursery: trio.Nursery, server: EchoServer) -> None:
         self.server = server
@@ -106,14 +117,26 @@ async def start_metrics(
     endpoint: Endpoint,
     source: Callable[[], Snapshot | None],
     ready: Callable[[], bool],
+    faults: FaultsEndpoint | None = None,
 ) -> None:
+    """Start ``--metrics``' listener in *nursery* (*faults*: ``/faults`` too).
+
+    Raises:
+      StartupError: the address cannot be bound.
+    """
     from ._operations import serve_operations
 
     host, port = endpoint
     try:
         await nursery.start(
             functools.partial(
-                serve_operations, host, port, source=source, ready=ready, start_time=START_TIME
+                serve_operations,
+                host,
+                port,
+                source=source,
+                ready=ready,
+                start_time=START_TIME,
+                faults=faults,
             )
         )
     except OSError as exc:

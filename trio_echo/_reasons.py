@@ -33,6 +33,8 @@ PER_IP_RATE: Final = "per-ip-rate"
 # Decided by an injected fault.
 STALLED: Final = "stalled"
 RESET_INJECTED: Final = "reset-injected"
+TIMEOUT_INJECTED: Final = "timeout-injected"
+LIMIT_DATA: Final = "limit-data"
 
 #: Every close reason, in the order of the README table.
 ALL: Final = (
@@ -51,6 +53,8 @@ ALL: Final = (
     PER_IP_RATE,
     STALLED,
     RESET_INJECTED,
+    TIMEOUT_INJECTED,
+    LIMIT_DATA,
 )
 
 #: Reasons of clients refused on admission: a flood of them must not flood the

@@ -15,7 +15,7 @@ import trio
 
 from ._assembly import ConnectionFactory
 from ._closelog import log_close
-from ._config import ServerConfig
+from ._config import Faults, ServerConfig
 from ._connection import Connection
 from ._endpoints import bind_other_endpoints
 from ._faults import describe
@@ -179,6 +179,50 @@ class EchoServer:
         self._new_connection.replace_ssl_context(context)
         LOGGER.info("TLS certificate reloaded", extra=event("tls-reload", ok=True))
         return True
+
+    # ---- faults at run time (issue 17) ----
+
+    @property
+    def faults(self) -> Faults | None:
+        """The faults that connections opened now get; ``None`` when off."""
+        return self._new_connection.faults
+
+    def set_faults(self, faults: Faults | None, *, existing: bool = False) -> None:
+        """Inject *faults* from now on; ``None`` (or a :class:`Faults` with
+        every fault off) turns them off.
+
+        Connections opened afterwards get them.  With *existing*, the open
+        connections switch too, from their next echo (or read); one opened
+        with faults off is then given the fault layer it lacked (an echo
+        already being sent finishes as it was), through a marker the echo
+        loop already tests once per round -- so with faults off it checks
+        nothing more per round.  Counts (``stall_after``, ``limit_data``...) start from the
+        switch; ``target_connection`` and ``toxicity`` count connections from
+        this call on, the open ones first (in the order they were opened).
+
+        Synchronous; call it from a task of the server's trio run (for a
+        server in a thread, :meth:`ThreadedEchoServer.set_faults`).  Logged
+        at INFO.
+
+        Raises:
+          TypeError: *faults* is neither a :class:`Faults` nor ``None``.
+        """
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a Faults or None, not {type(faults).__name__}")
+        factory = self._new_connection
+        factory.set_faults(faults)
+        if existing:
+            for conn in list(self._active):
+                factory.refault(conn)
+        current = factory.faults
+        text = "off" if current is None else describe(current, seed=factory.fault_seed)
+        scope = "new and open connections" if existing else "new connections"
+        LOGGER.info(
+            "faults set for %s: %s",
+            scope,
+            text,
+            extra=event("faults", faults=text, existing=existing),
+        )
 
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot of the server's counters, open connections included.
@@ -376,7 +420,7 @@ class EchoServer:
         if reason in REFUSED:
             # Counted; warned about at most every 10 s (see _admission), not logged each.
             return
-        log_close(conn, reason, faults_on=self._new_connection.faults_on)
+        log_close(conn, reason, faults_on=self._new_connection.faults_ever)
 
     def _warn(self, message: str, *args: object) -> None:
         """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.

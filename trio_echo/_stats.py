@@ -98,8 +98,11 @@ class ServerStatistics:
     faults: Mapping[str, int] = attrs.field(factory=dict)
     """Times each injected fault acted (see :class:`~trio_echo.Faults`):
     ``latency`` echoes delayed, ``fragment`` pieces written, ``bandwidth`` waits
-    to keep to the rate, ``stall`` and ``reset`` connections halted; for UDP,
-    ``loss``, ``duplicate`` and ``reorder`` datagrams.  Empty when no fault is on."""
+    to keep to the rate, ``stall`` and ``reset`` connections halted,
+    ``slow_close`` closes delayed, ``timeout`` connections that stopped
+    answering, ``limit_data`` connections closed at the limit,
+    ``read_bandwidth`` waits before a read; for UDP, ``loss``, ``duplicate``
+    and ``reorder`` datagrams.  Empty when no fault acted."""
 
     udp: UDPStatistics | None = None
     """The UDP counters; ``None`` when the server serves no UDP."""

@@ -40,6 +40,7 @@ class SocketTransport:
     """
 
     half_close_after_eof: ClassVar[bool] = False
+    close_delay: ClassVar[float] = 0.0
 
     # Slots, not a __dict__: a server may hold tens of thousands of these.
     __slots__ = ("_buffer", "_owner", "_sock", "_state", "_unread")
@@ -150,6 +151,7 @@ class StreamTransport:
     """
 
     half_close_after_eof: ClassVar[bool] = False
+    close_delay: ClassVar[float] = 0.0
 
     __slots__ = ("_max_bytes", "_received", "_stream", "_unread", "_waits")
 

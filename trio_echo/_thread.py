@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import Any, Final, TypeVar
 
 import trio
 
-from ._config import ListenerConfig, ServerConfig, replace_fields
+from ._config import Faults, ListenerConfig, ServerConfig, replace_fields
 from ._server import EchoServer, serve
 from ._stats import ServerStatistics
 
@@ -117,6 +118,28 @@ class ThreadedEchoServer:
             # The server stopped (or crashed) between the check and the call.
             self._join()
             return self._server.statistics()
+
+    def set_faults(self, faults: Faults | None, *, existing: bool = False) -> None:
+        """As :meth:`EchoServer.set_faults`, run in the server's thread: when it
+        returns, connections opened from then on get *faults*.
+
+        Raises:
+          TypeError: *faults* is neither a :class:`Faults` nor ``None``.
+          trio.RunFinishedError: the server has stopped.
+          RuntimeError: called from the server's own thread.
+        """
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a Faults or None, not {type(faults).__name__}")
+        if self._final is not None:
+            raise trio.RunFinishedError("the server has stopped")
+        self._call_in_server(functools.partial(self._server.set_faults, faults, existing=existing))
+
+    @property
+    def faults(self) -> Faults | None:
+        """As :attr:`EchoServer.faults` (read in the server's thread)."""
+        if self._final is not None:
+            return self._server.faults
+        return self._call_in_server(lambda: self._server.faults)
 
     def shutdown(self) -> None:
         """Shut the server down gracefully and wait for its thread to end.

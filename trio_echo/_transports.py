@@ -71,6 +71,11 @@ class Transport(Protocol):
         """Whether the server still owes its side of the close after the client's
         EOF (TLS answers the client's ``close_notify``)."""
 
+    @property
+    def close_delay(self) -> float:
+        """Seconds the server's side of a clean close may spend before the drain
+        starts (an injected ``slow_close``); the drain's bound adds it."""
+
     def interrupt(self) -> None:
         """Make a task blocked in :meth:`wait_receivable` or :meth:`send_all`
         raise :exc:`trio.ClosedResourceError` at once, leaving the transport
@@ -168,6 +173,11 @@ class WaitScopes:
         if scope.cancelled_caught:
             raise trio.ClosedResourceError("woken by interrupt()")
 
+    @property
+    def active(self) -> bool:
+        """Whether a wait is in progress."""
+        return self._current is not None
+
     def interrupt(self) -> None:
         """End the current wait, if any."""
         if self._current is not None:
@@ -185,6 +195,10 @@ class Wrapper:
     @property
     def half_close_after_eof(self) -> bool:
         return self._inner.half_close_after_eof
+
+    @property
+    def close_delay(self) -> float:
+        return self._inner.close_delay
 
     def interrupt(self) -> None:
         self._inner.interrupt()
