@@ -28,9 +28,9 @@ import trustme
 
 from trio_echo import ConnectionConfig, EchoServer, ListenerConfig, ServerConfig, TLSConfig
 from trio_echo._assembly import Shared
-from trio_echo._config import replace_fields
 from trio_echo._connection import Connection
 from trio_echo._faults import FaultTransport
+from trio_echo._overrides import replace_fields
 from trio_echo._streams import SocketTransport, StreamTransport
 from trio_echo._tls import TLSHandshake, TLSTransport, server_context
 from trio_echo._transports import Step, Transport

@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 from trio_echo import ConnectionConfig, ListenerConfig, ServerConfig
-from trio_echo._config import _evolve, _field_paths, replace_fields
+from trio_echo._overrides import _evolve, _field_paths, replace_fields
 from trio_echo.pytest_plugin import MISSING_PYTEST_TRIO, PORT_VARIABLE
 
 README = Path(__file__).parent.parent / "README.md"

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Literal, NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import Literal, NoReturn
 
 import attrs
 
+from ._cli_faults import FAULT_OPTIONS, add_fault_options
 from ._cli_ops import Endpoint, add_operations_options, check_metrics_available
 from ._cli_transports import (
     FIELD_OPTIONS,
@@ -29,10 +30,10 @@ from ._cli_transports import (
     check_transport_options,
     transport_config,
 )
+from ._cli_types import DESCRIPTOR, DURATION, POSITIVE_DURATION, RATE, SIZE
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
 from ._settings import arguments_from_environment, document_environment
 from ._sockets import has_reuseport
-from ._units import parse_duration, parse_rate, parse_size
 from ._version import __version__
 
 __all__ = ["ProcessOptions", "build_parser", "config_from_args", "main"]
@@ -46,8 +47,6 @@ EXIT_USAGE = 2
 #: --worker-timeout's default, in seconds: gunicorn's --timeout is 30; an echo
 #: worker's loop never blocks for long, so a third of that is ample.
 WORKER_TIMEOUT = 10.0
-
-T = TypeVar("T")
 
 
 @attrs.frozen(kw_only=True)
@@ -78,82 +77,6 @@ class ProcessOptions:
     and restarted (``None``: never)."""
     heartbeat_fd: int | None = None
     """For a worker: the pipe to send heartbeats on (set by the supervisor)."""
-
-
-def _typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
-    """An argparse ``type`` whose errors carry *parse*'s message (argparse
-    would otherwise print only ``invalid <function name> value``)."""
-
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name
-    return convert
-
-
-def _positive_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"must be a duration > 0, like 1s or 500ms; got {text!r}")
-    return seconds
-
-
-def _descriptor(text: str) -> int:
-    if not text.lstrip("-").isdigit():
-        raise ValueError(f"expected a descriptor number, got {text!r}")
-    if int(text) < 0:
-        raise ValueError(f"a descriptor number is >= 0, got {text}")
-    return int(text)
-
-
-DURATION = _typed(parse_duration, "duration")
-POSITIVE_DURATION = _typed(_positive_duration, "duration")
-SIZE = _typed(parse_size, "size")
-RATE = _typed(parse_rate, "rate")
-
-
-# ---- types of the issue-17 fault options ----
-
-
-def _timeout(text: str) -> float:
-    """``--timeout``: a duration, or ``never`` (``0``: never close, as Toxiproxy)."""
-    return 0.0 if text.strip() == "never" else parse_duration(text)
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a probability from 0 to 1, like 0.5; got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise ValueError(f"a probability is from 0 to 1, got {text}")
-    return value
-
-
-def _cidrs(text: str) -> tuple[str, ...]:
-    import ipaddress
-
-    networks = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not networks:
-        raise ValueError("expected CIDR[,CIDR...], got nothing")
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or fd00::/8") from None
-    return networks
-
-
-def _ordinal(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"expected a connection number >= 1, got {text!r}")
-    return int(text)
-
-
-DESCRIPTOR = _typed(_descriptor, "descriptor")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -270,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="log the server's statistics every DURATION (> 0; default: off)",
     )
-    _add_fault_options(parser)
+    add_fault_options(parser)
     add_transport_options(parser, RATE, SIZE)
     add_operations_options(parser)
     add("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
@@ -294,75 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--heartbeat-fd", type=DESCRIPTOR, metavar="N", help=argparse.SUPPRESS)
     document_environment(parser)
     return parser
-
-
-# The fault options: (option, metavar, help).  Each sets the Faults field of
-# the same name, and defaults to that field's default (off).
-FAULT_OPTIONS = (
-    ("--latency", "DURATION", "delay each echo"),
-    ("--jitter", "DURATION", "vary each delay uniformly by up to +/- this (at most --latency)"),
-    ("--fragment", "SIZE", "write each echo in pieces of at most SIZE bytes, one send each"),
-    ("--fragment-delay", "DURATION", "wait this long between the pieces (needs --fragment)"),
-    ("--bandwidth", "RATE", "pace each connection's echoes to RATE bytes/s (64KiB or 64KiB/s)"),
-    (
-        "--stall-after",
-        "SIZE",
-        "after SIZE bytes echoed, stop reading and writing until the idle timeout",
-    ),
-    ("--reset-after", "SIZE", "after echoing SIZE bytes, abort the connection with a TCP reset"),
-    ("--loss", "PERCENT", "UDP: drop this percentage of the echoes"),
-    ("--duplicate", "PERCENT", "UDP: echo this percentage of the datagrams twice"),
-    (
-        "--reorder",
-        "COUNT",
-        "UDP: hold a datagram back behind the next COUNT echoes",
-    ),
-    ("--slow-close", "DURATION", "wait this long, silent, before each clean close"),
-    (
-        "--timeout",
-        "TIMEOUT",
-        "stop answering (input read and dropped), then close after TIMEOUT; 0 or 'never': never",
-    ),
-    ("--limit-data", "SIZE", "close cleanly once SIZE bytes have been echoed"),
-    (
-        "--read-bandwidth",
-        "RATE",
-        "read at most RATE bytes/s from each client (tests its send-side backpressure)",
-    ),
-    ("--toxicity", "P", "probability that a connection gets the faults (default: 1)"),
-    ("--target-cidr", "CIDR[,CIDR...]", "faults only for clients in these networks"),
-    ("--target-connection", "K", "faults only for the K-th connection (1: the first)"),
-    (
-        "--seed",
-        "N",
-        "seed for --jitter, --toxicity, --loss and --duplicate, to replay a run "
-        "(default: drawn at start and logged)",
-    ),
-)
-
-
-def _add_fault_options(parser: argparse.ArgumentParser) -> None:
-    faults = parser.add_argument_group(
-        "faults", "misbehave on purpose, to test clients (all off by default)"
-    )
-    types: dict[str, Callable[[str], object]] = {
-        "DURATION": DURATION,
-        "SIZE": SIZE,
-        "RATE": RATE,
-        "N": int,
-        "COUNT": int,
-        "PERCENT": float,
-        "TIMEOUT": _typed(_timeout, "timeout"),
-        "P": _typed(_probability, "probability"),
-        "CIDR[,CIDR...]": _typed(_cidrs, "networks"),
-        "K": _typed(_ordinal, "connection number"),
-    }
-    fields = attrs.fields_dict(Faults)
-    for option, metavar, text in FAULT_OPTIONS:
-        default = fields[option[2:].replace("-", "_")].default
-        faults.add_argument(
-            option, type=types[metavar], metavar=metavar, default=default, help=text
-        )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

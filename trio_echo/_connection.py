@@ -157,13 +157,11 @@ class Connection:
         """
         reason = ERROR
         transport = self._transport
-        echoing = False
         try:
             if self._steps:
                 await self._run_steps()
                 # A fault wrapper may have been adopted meanwhile.
                 transport = self._transport
-            echoing = True
             protocol = self._protocol
             if self._shared.idle is not None:
                 self._start_idle()
@@ -236,7 +234,10 @@ class Connection:
         except trio.Cancelled:
             reason = SHUTDOWN if self._ending is SHUTDOWN else CANCELLED
             if (
-                echoing
+                # No step scope left: past the steps before echoing (a TLS
+                # handshake cut short has no clean close to offer).  A local
+                # flag would cost every waiting connection 8 bytes more.
+                self._scope is None
                 and self._ending is SHUTDOWN
                 and self._shared.clock.current_time() >= self._grace_ends
             ):

@@ -12,7 +12,8 @@ from typing import Any, Final, TypeVar
 
 import trio
 
-from ._config import Faults, ListenerConfig, ServerConfig, replace_fields
+from ._config import Faults, ListenerConfig, ServerConfig
+from ._overrides import replace_fields
 from ._server import EchoServer, serve
 from ._stats import ServerStatistics
 

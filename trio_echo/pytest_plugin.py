@@ -48,7 +48,8 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import trio
 
-from ._config import ListenerConfig, ServerConfig, replace_fields
+from ._config import ListenerConfig, ServerConfig
+from ._overrides import replace_fields
 from ._server import EchoServer, serve
 from ._thread import ThreadedEchoServer, serve_in_thread
 

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .._cli import SIZE, _Parser, _typed
+from .._cli import _Parser
+from .._cli_types import SIZE, typed
 from .._fdlimit import FD_RESERVE
 from .._units import parse_duration
 from .address import parse_address
@@ -38,7 +39,7 @@ def _duration(at_least_zero: bool) -> Any:
             raise ValueError(f"must be a duration > 0, like 1s or 500ms; got {text!r}")
         return seconds
 
-    return _typed(parse, "duration")
+    return typed(parse, "duration")
 
 
 def _count(text: str) -> int:
@@ -72,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("address", metavar="ADDRESS", help="HOST:PORT, [V6ADDR]:PORT or unix:PATH")
     mode = parser.add_argument_group("modes (default: closed loop, one message in flight)")
-    mode.add_argument("--connections", type=_typed(_count, "count"), default=1, metavar="N")
+    mode.add_argument("--connections", type=typed(_count, "count"), default=1, metavar="N")
     mode.add_argument(
-        "--pipeline", type=_typed(_count, "count"), default=1, metavar="K",
+        "--pipeline", type=typed(_count, "count"), default=1, metavar="K",
         help="closed loop: messages in flight per connection (default 1)",
     )  # fmt: skip
     mode.add_argument(
-        "--rate", type=_typed(_rate, "rate"), metavar="R",
+        "--rate", type=typed(_rate, "rate"), metavar="R",
         help="open loop: messages per second over all connections; latency "
         "counts from each message's intended send time",
     )  # fmt: skip
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure for D after the warm-up (default 10s unless --count)",
     )  # fmt: skip
     run.add_argument(
-        "--count", type=_typed(_count, "count"), metavar="N",
+        "--count", type=typed(_count, "count"), metavar="N",
         help="stop after N measured round trips (connect-only: connections)",
     )  # fmt: skip
     run.add_argument(
