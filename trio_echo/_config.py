@@ -20,10 +20,10 @@ from ._validators import (
     PATH_TYPES,
     instance_of,
     int_in_range,
+    networks,
     one_of,
     optional,
     seconds,
-    short,
 )
 
 __all__ = [
@@ -110,21 +110,12 @@ class ConnectionConfig:
     echo: it counts in neither rounds nor bytes out."""
 
 
+_trusted_networks = networks(none_means="None trusts all")
+
+
 def _networks(instance: ListenerConfig, attribute: attrs.Attribute[Any], value: object) -> None:
     """Validator: a tuple of CIDR strings, given with proxy_protocol."""
-    import ipaddress
-
-    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
-        raise TypeError(f"{attribute.name} must be a tuple of CIDR strings, got {short(value)}")
-    if not value:
-        raise ValueError(f"{attribute.name} must name at least one network (None trusts all)")
-    for item in value:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{attribute.name}: {item!r} is not a network like 10.0.0.0/8 or fd00::/8"
-            ) from None
+    _trusted_networks(instance, attribute, value)
     if not instance.proxy_protocol:
         raise ValueError(f"{attribute.name} applies only with proxy_protocol")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from ._validators import int_in_range, optional, percent, probability, seconds, target_networks
+from ._validators import int_in_range, networks, optional, percent, probability, seconds
 
 __all__ = ["Faults"]
 
@@ -124,7 +124,7 @@ class Faults:
     per connection from :attr:`seed` and the connection's number; ``1`` is all."""
 
     target_cidr: tuple[str, ...] | None = attrs.field(
-        default=None, validator=optional(target_networks)
+        default=None, validator=optional(networks(none_means="None: every client"))
     )
     """Only clients in one of these networks (CIDR strings; behind a PROXY
     header, the address it names) get the faults; ``None`` is every client."""

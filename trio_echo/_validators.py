@@ -18,13 +18,13 @@ __all__ = [
     "PATH_TYPES",
     "instance_of",
     "int_in_range",
+    "networks",
     "one_of",
     "optional",
     "percent",
     "probability",
     "seconds",
     "short",
-    "target_networks",
 ]
 
 
@@ -127,18 +127,24 @@ def probability(instance: object, attribute: attrs.Attribute[Any], value: object
         raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
 
 
-def target_networks(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Validator: a non-empty tuple of CIDR strings."""
-    import ipaddress
+def networks(*, none_means: str) -> Any:
+    """Validator: a non-empty tuple of CIDR strings; *none_means* says what ``None`` does."""
 
-    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
-        raise TypeError(f"{attribute.name} must be a tuple of CIDR strings, got {short(value)}")
-    if not value:
-        raise ValueError(f"{attribute.name} must name at least one network (None: every client)")
-    for item in value:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{attribute.name}: {item!r} is not a network like 10.0.0.0/8 or fd00::/8"
-            ) from None
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        import ipaddress
+
+        if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+            raise TypeError(
+                f"{attribute.name} must be a tuple of CIDR strings, got {short(value)}"
+            )
+        if not value:
+            raise ValueError(f"{attribute.name} must name at least one network ({none_means})")
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{attribute.name}: {item!r} is not a network like 10.0.0.0/8 or fd00::/8"
+                ) from None
+
+    return check
