@@ -152,7 +152,7 @@ async def fake_server(
     await sock.bind(("127.0.0.1", 0))
     listener = FakeListener(sock, errors, streams)
     server = EchoServer(make_config(**overrides), [cast(trio.SocketListener, listener)])
-    await nursery.start(server._run)
+    await nursery.start(server.run)
     return server, listener
 
 

@@ -41,7 +41,8 @@ if _typing.TYPE_CHECKING:
         UDPConfig,
     )
     from ._protocol import EchoProtocol
-    from ._server import EchoServer, serve
+    from ._serve import serve
+    from ._server import EchoServer
     from ._stats import ServerStatistics, UDPStatistics
     from ._thread import ThreadedEchoServer, serve_in_thread
 
@@ -89,7 +90,7 @@ _MODULE_OF = {
     "UDPConfig": "._config",
     "UDPStatistics": "._stats",
     "ThreadedEchoServer": "._thread",
-    "serve": "._server",
+    "serve": "._serve",
     "serve_in_thread": "._thread",
 }
 

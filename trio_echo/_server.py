@@ -1,4 +1,7 @@
-"""``serve()``: listeners, the accept loop with its connection limit, graceful shutdown."""
+"""The running server's handle: the accept loop with its connection limit, graceful shutdown.
+
+:func:`trio_echo._serve.serve` binds the endpoints and runs an :class:`EchoServer`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from ._assembly import ConnectionFactory
 from ._closelog import log_close
 from ._config import Faults, ServerConfig
 from ._connection import Connection
-from ._endpoints import bind_other_endpoints
+from ._endpoints import OtherEndpoints
 from ._faults import describe
 from ._logs import event
 from ._reasons import ERROR, REFUSED
@@ -27,7 +30,7 @@ from ._tls import server_context
 from ._udp import UDPEcho
 from ._unix import UnixSocketFile
 
-__all__ = ["EchoServer", "serve"]
+__all__ = ["EchoServer"]
 
 LOGGER = logging.getLogger("trio_echo")
 
@@ -73,7 +76,6 @@ class EchoServer:
             if listener.socket.family != socket.AF_UNIX
         ]
         self._addresses = tuple((str(name[0]), int(name[1])) for name in names)
-        self._unix_file = unix_file
         self._tally = Tally()
         # Every open connection, echoing or still in a step before echoing.  A
         # dict used as a set: at 10,000 entries its table takes about half the
@@ -93,14 +95,15 @@ class EchoServer:
         self._grace_ends = math.inf
         # When each kind of warning was last logged (see _warn).
         self._last_warning: dict[str, float] = {}
-        self._udp: UDPEcho | None = None
+        udp = None
         if config.udp is not None:
-            self._udp = UDPEcho(
+            udp = UDPEcho(
                 config,
                 udp_sockets,
                 fault_seed=self._new_connection.fault_seed,
                 fault_events=self._tally.faults,
             )
+        self._others = OtherEndpoints(udp=udp, unix_file=unix_file)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -112,12 +115,12 @@ class EchoServer:
     def udp_addresses(self) -> tuple[tuple[str, int], ...]:
         """Every bound UDP ``(host, port)`` (the TCP ones, when both are served);
         empty when no UDP is served."""
-        return () if self._udp is None else self._udp.addresses
+        return self._others.udp_addresses
 
     @property
     def unix_path(self) -> str | None:
         """The path of the Unix socket served, ``None`` if none."""
-        return None if self._unix_file is None else self._unix_file.path
+        return self._others.unix_path
 
     @property
     def host(self) -> str:
@@ -229,7 +232,7 @@ class EchoServer:
 
         Synchronous and cheap (it walks the open connections); never raises.
         """
-        udp = None if self._udp is None else self._udp.statistics()
+        udp = self._others.udp_statistics()
         return self._tally.snapshot(self._active, udp)
 
     def request_shutdown(self) -> None:
@@ -264,7 +267,12 @@ class EchoServer:
         self._stop_requested.set()
         await self._stopped.wait()
 
-    async def _run(self, task_status: trio.TaskStatus[EchoServer]) -> None:
+    async def run(self, task_status: trio.TaskStatus[EchoServer]) -> None:
+        """Serve until shut down or cancelled (what :func:`~trio_echo.serve` does
+        once it has bound the endpoints); not for callers of the handle.
+
+        Starts *task_status* with the handle once every listener accepts.
+        """
         try:
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptors:
@@ -278,9 +286,11 @@ class EchoServer:
                                 "start", host=host, port=port, tls=self.config.tls is not None
                             ),
                         )
-                    self._start_other_transports(acceptors, handlers)
+                    self._others.start(acceptors, handlers, tls=self.config.tls is not None)
                     udp_faults = self.config.connection.faults.datagram_enabled
-                    if self._new_connection.faults_on or (self._udp is not None and udp_faults):
+                    if self._new_connection.faults_on or (
+                        self._others.udp is not None and udp_faults
+                    ):
                         faults = describe(
                             self.config.connection.faults, seed=self._new_connection.fault_seed
                         )
@@ -293,41 +303,8 @@ class EchoServer:
         finally:
             with trio.CancelScope(shield=True):
                 await self._close_listeners()
-            self._close_other_transports()
+            self._others.close()
             self._stopped.set()
-
-    # -- UDP and the Unix socket (issue 15) --
-
-    def _start_other_transports(self, acceptors: trio.Nursery, handlers: trio.Nursery) -> None:
-        """Log the Unix socket; start the UDP loops next to the accept loops (so
-        that they stop with them) and the delayed sender with the connections."""
-        if self._unix_file is not None:
-            path = self._unix_file.path
-            LOGGER.info(
-                "listening on unix:%s",
-                path,
-                extra=event("start", unix=path, tls=self.config.tls is not None),
-            )
-        udp = self._udp
-        if udp is None:
-            return
-        for sock, (host, port) in zip(udp.sockets, udp.addresses, strict=True):
-            acceptors.start_soon(udp.receive, sock, name=f"udp {format_address((host, port))}")
-            LOGGER.info(
-                "listening on %s (udp)",
-                format_address((host, port)),
-                extra=event("start", host=host, port=port, udp=True),
-            )
-        if udp.delays:
-            handlers.start_soon(udp.send_delayed)
-
-    def _close_other_transports(self) -> None:
-        if self._udp is not None:
-            self._udp.stop()
-            for sock in self._udp.sockets:
-                sock.close()
-        if self._unix_file is not None:
-            self._unix_file.remove()
 
     def _begin_graceful_stop(self, handlers: trio.Nursery) -> None:
         grace = self.config.listener.grace
@@ -338,8 +315,7 @@ class EchoServer:
             extra=event("stopping", active=len(self._active), grace=grace),
         )
         self._stopping = True
-        if self._udp is not None:
-            self._udp.stop()
+        self._others.stop()
         # After the grace, connections are cancelled; each still closes cleanly
         # (at most drain_timeout more), see Connection.
         self._grace_ends = trio.current_time() + grace
@@ -432,80 +408,3 @@ class EchoServer:
         if now - self._last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
             self._last_warning[message] = now
             LOGGER.warning(message, *args)
-
-
-async def serve(
-    config: ServerConfig,
-    *,
-    listeners: Sequence[trio.SocketListener] | None = None,
-    task_status: trio.TaskStatus[EchoServer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run an echo server until it is shut down or cancelled.
-
-    With ``config.tls`` set, loads the certificate first and serves echo
-    over TLS (see :class:`TLSConfig`).  Binds ``config.listener.host``/``port``
-    (``port=0`` picks a free port; ``host=None`` binds every address,
-    possibly on different ports for IPv4 and IPv6 -- see
-    :attr:`EchoServer.addresses`), logs ``listening on HOST:PORT`` for each,
-    and runs one task per connection.
-
-    With ``config.udp``, also serves UDP echo on each TCP address (or, with
-    ``listener.tcp`` off, on ``host``/``port``): see :class:`~trio_echo.UDPConfig`.  With
-    ``listener.unix``, also serves stream echo on that Unix socket (replacing a
-    stale socket file, refusing a live one with :exc:`OSError` ``EADDRINUSE``),
-    and removes the file when it stops.  See :attr:`EchoServer.udp_addresses`
-    and :attr:`EchoServer.unix_path`.
-
-    With *listeners*, serves on those instead of binding, and ignores
-    ``host``, ``port`` and ``backlog``: this is how a socket bound with
-    ``SO_REUSEPORT`` or inherited from systemd is served.  Wrap a listening
-    stdlib socket as ``trio.SocketListener(trio.socket.from_stdlib_socket(sock))``.
-    :func:`serve` owns them from then on and closes them when it stops.
-
-    Usage::
-
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(trio_echo.serve, config)
-            ...  # connect to ("127.0.0.1", server.port)
-            await server.shutdown()
-
-    Returns:
-      After :meth:`EchoServer.shutdown` has closed every connection.
-
-    Cancellation:
-      Cancelling the scope running :func:`serve` closes the listeners and every
-      connection at once (close reason ``cancelled``); no task outlives it.
-
-    Error handling:
-      An empty *listeners* raises :exc:`ValueError`.  Binding errors (address
-      in use, permission denied, unknown host) raise :exc:`OSError` before the
-      server starts, and so do TLS files that are missing or invalid
-      (:exc:`ssl.SSLError` is an ``OSError``).  A
-      connection's errors end only that connection, with a close reason (a
-      TLS handshake that fails or does not finish within
-      ``tls.handshake_timeout``: ``tls-error``).  ``accept()`` running out of file
-      descriptors or memory is logged and retried after 100 ms.
-    """
-    if listeners is not None and not listeners:
-        raise ValueError("listeners must hold at least one trio.SocketListener")
-    context = None if config.tls is None else server_context(config.tls)
-    listener_config = config.listener
-    if listeners is None:
-        listeners = []
-        if listener_config.tcp:
-            listeners = await trio.open_tcp_listeners(
-                listener_config.port, host=listener_config.host, backlog=listener_config.backlog
-            )
-    listeners = list(listeners)
-    try:
-        udp_sockets, unix_listener, unix_file = bind_other_endpoints(config, listeners)
-    except BaseException:
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
-        raise
-    if unix_listener is not None:
-        listeners.append(unix_listener)
-    server = EchoServer(
-        config, listeners, ssl_context=context, udp_sockets=udp_sockets, unix_file=unix_file
-    )
-    await server._run(task_status)

@@ -14,7 +14,8 @@ import trio
 
 from ._config import Faults, ListenerConfig, ServerConfig
 from ._overrides import replace_fields
-from ._server import EchoServer, serve
+from ._serve import serve
+from ._server import EchoServer
 from ._stats import ServerStatistics
 
 __all__ = ["ThreadedEchoServer", "serve_in_thread"]

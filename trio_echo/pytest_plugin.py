@@ -50,7 +50,8 @@ import trio
 
 from ._config import ListenerConfig, ServerConfig
 from ._overrides import replace_fields
-from ._server import EchoServer, serve
+from ._serve import serve
+from ._server import EchoServer
 from ._thread import ThreadedEchoServer, serve_in_thread
 
 __all__ = [
