@@ -1,4 +1,4 @@
-"""trio-echo: a TCP echo server built on trio's structured concurrency.
+"""trio-echo: an echo server (TCP, TLS, UDP, Unix sockets) built on trio's structured concurrency.
 
 Run it from the shell (``trio-echo --rounds 3``), embed it::
 
