@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from trio_echo import ListenerConfig
-from trio_echo._admission import MAX_TRACKED, AddressLimits, host_of, is_trusted
+from trio_echo._admission import MAX_TRACKED, AddressLimits
+from trio_echo._sockets import host_of, is_trusted
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import Connect, receive_until_eof, wait_until

@@ -21,21 +21,22 @@ per :data:`WARNING_INTERVAL`; the table of addresses is bounded
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._logs import WARNING_INTERVAL, LogLimiter
 from ._reasons import PER_IP_LIMIT, PER_IP_RATE
+from ._sockets import host_of
 from ._transports import Ended, Owner
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["AddressLimits", "PerAddressStep", "Refuse", "Warnings", "host_of", "is_trusted"]
+__all__ = ["AddressLimits", "PerAddressStep", "Refuse", "Warnings"]
 
 LOGGER = logging.getLogger("trio_echo")
 
@@ -45,41 +46,19 @@ LOGGER = logging.getLogger("trio_echo")
 MAX_TRACKED: Final = 65536
 
 #: At most one warning per kind of refusal per this many seconds.
-WARNING_INTERVAL: Final = 10.0
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def host_of(peer: str) -> str:
-    """The host of a ``host:port`` or ``[host]:port`` peer string."""
-    host = peer.rpartition(":")[0] or peer
-    return host[1:-1] if host.startswith("[") else host
-
-
-def is_trusted(host: str, networks: Sequence[Network]) -> bool:
-    """Whether *host* is in one of *networks* (IPv4-mapped IPv6 counts as IPv4)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 class Warnings:
     """Logs each kind of refusal at most once per WARNING_INTERVAL, with a count."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
+        self._limiter = LogLimiter(WARNING_INTERVAL)
         self._suppressed: dict[str, int] = {}
 
     def warn(self, reason: str, message: str) -> None:
-        now = trio.current_time()
-        if now - self._last.get(reason, -math.inf) < WARNING_INTERVAL:
+        if not self._limiter.allow(reason, trio.current_time()):
             self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
             return
-        self._last[reason] = now
         more = self._suppressed.pop(reason, 0)
         extra = f" (and {more} more since the last such line)" if more else ""
         LOGGER.warning("refused %s: %s%s", reason, message, extra)

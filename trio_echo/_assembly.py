@@ -18,14 +18,14 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ._admission import AddressLimits, PerAddressStep, Refuse, Warnings, host_of, is_trusted
+from ._admission import AddressLimits, PerAddressStep, Refuse, Warnings
 from ._config import ConnectionConfig, Faults, ServerConfig
 from ._connection import Connection
 from ._faults import FaultTransport, chosen, in_networks
 from ._hello import HelloStep, render_hello
 from ._preamble import ProxyHeaderStep
 from ._reasons import PROXY_UNTRUSTED
-from ._sockets import format_address
+from ._sockets import format_address, host_of, is_trusted
 from ._streams import SocketTransport
 from ._tls import TLSHandshake, TLSTransport
 from ._transports import Step, Transport

@@ -10,6 +10,8 @@ import argparse
 import importlib.util
 import ipaddress
 
+from ._cli_types import NETWORKS
+
 __all__ = ["METRICS_EXTRA", "add_operations_options", "check_metrics_available", "parse_endpoint"]
 
 METRICS_EXTRA = "--metrics needs h11 and prometheus_client: pip install 'trio-echo[metrics]'"
@@ -72,23 +74,6 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def _networks(text: str) -> tuple[str, ...]:
-    networks = tuple(part.strip() for part in text.split(",") if part.strip())
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{network!r} is not a network like 10.0.0.0/8 or fd00::/8"
-            ) from None
-    if not networks:
-        raise argparse.ArgumentTypeError("expected CIDR[,CIDR...], got nothing")
-    return networks
-
-
-_networks.__name__ = "networks"
-
-
 def _rate(text: str) -> float:
     try:
         rate = float(text.removesuffix("/s"))
@@ -121,7 +106,7 @@ def add_operations_options(parser: argparse.ArgumentParser) -> None:
     )
     ops.add_argument(
         "--proxy-trusted",
-        type=_networks,
+        type=NETWORKS,
         metavar="CIDR[,CIDR...]",
         help="with --proxy-protocol, honour PROXY headers only from these networks; "
         "close connections from elsewhere (reason proxy-untrusted) (default: any source)",

@@ -15,6 +15,7 @@ from typing import Final
 
 from ._config import Faults
 from ._reasons import LIMIT_DATA, RESET_INJECTED, STALLED
+from ._sockets import Network, host_of, is_trusted
 
 __all__ = ["PACING_SLICE", "FaultPlan", "chosen", "in_networks"]
 
@@ -122,17 +123,9 @@ def chosen(faults: Faults, *, number: int, seed: int | None) -> bool:
 
 def in_networks(peer: str, cidrs: tuple[str, ...]) -> bool:
     """Whether the client *peer* (``host:port``) is in one of *cidrs*."""
-    host = peer.rpartition(":")[0] or peer
-    host = host[1:-1] if host.startswith("[") else host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(cidrs))
+    return is_trusted(host_of(peer), _networks(cidrs))
 
 
 @lru_cache(maxsize=16)
-def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _networks(cidrs: tuple[str, ...]) -> list[Network]:
     return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]

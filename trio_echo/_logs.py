@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import attrs
 import trio
@@ -22,7 +23,9 @@ import trio
 from ._stats import ServerStatistics
 
 __all__ = [
+    "WARNING_INTERVAL",
     "JSONFormatter",
+    "LogLimiter",
     "configure_logging",
     "counters",
     "event",
@@ -33,6 +36,34 @@ __all__ = [
 LOGGER = logging.getLogger("trio_echo")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+# A warning that a flood can repeat (limits hit, refusals, dropped datagrams)
+# is logged at most once per this many seconds per kind, so that the flood
+# cannot flood the log too.
+WARNING_INTERVAL: Final = 10.0
+
+
+class LogLimiter:
+    """Whether a repeated warning of some kind may be logged now.
+
+    Each kind is limited on its own (hitting the connection limit must not
+    hide running out of file descriptors).  Times are the caller's clock
+    (trio time); no I/O.
+    """
+
+    __slots__ = ("_last", "interval")
+
+    def __init__(self, interval: float = WARNING_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def allow(self, kind: str, now: float) -> bool:
+        """``True`` (and the kind's clock restarted) unless *kind* was allowed
+        less than :attr:`interval` seconds before *now*."""
+        if now - self._last.get(kind, -math.inf) < self.interval:
+            return False
+        self._last[kind] = now
+        return True
 
 
 def event(name: str, **fields: object) -> dict[str, Any]:

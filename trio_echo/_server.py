@@ -22,7 +22,7 @@ from ._config import Faults, ServerConfig
 from ._connection import Connection
 from ._endpoints import OtherEndpoints
 from ._faults import describe
-from ._logs import event
+from ._logs import LogLimiter, event
 from ._reasons import ERROR, REFUSED
 from ._sockets import format_address
 from ._stats import ServerStatistics, Tally
@@ -42,10 +42,6 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 
 # How long to wait after one of those before calling accept() again.
 ACCEPT_RETRY_DELAY: Final = 0.100
-
-# At most one "connection limit reached" or accept-error warning per this many
-# seconds, so a flood cannot flood the log too.
-WARNING_INTERVAL: Final = 10.0
 
 
 class EchoServer:
@@ -93,8 +89,8 @@ class EchoServer:
         self._stopped = trio.Event()
         self._stopping = False
         self._grace_ends = math.inf
-        # When each kind of warning was last logged (see _warn).
-        self._last_warning: dict[str, float] = {}
+        # Each kind of warning at most once per WARNING_INTERVAL (see _warn).
+        self._warnings = LogLimiter()
         udp = None
         if config.udp is not None:
             udp = UDPEcho(
@@ -130,10 +126,7 @@ class EchoServer:
         Raises:
           LookupError: the server serves only a Unix socket.
         """
-        addresses = self.addresses or self.udp_addresses
-        if not addresses:
-            raise LookupError("this server has no TCP or UDP address (it serves a Unix socket)")
-        return addresses[0][0]
+        return self._first_address("address")[0]
 
     @property
     def port(self) -> int:
@@ -143,10 +136,14 @@ class EchoServer:
         Raises:
           LookupError: the server serves only a Unix socket.
         """
+        return self._first_address("port")[1]
+
+    def _first_address(self, what: str) -> tuple[str, int]:
+        """The first TCP address, else the first UDP one (*what* names the need)."""
         addresses = self.addresses or self.udp_addresses
         if not addresses:
-            raise LookupError("this server has no TCP or UDP port (it serves a Unix socket)")
-        return addresses[0][1]
+            raise LookupError(f"this server has no TCP or UDP {what} (it serves a Unix socket)")
+        return addresses[0]
 
     @property
     def ready(self) -> bool:
@@ -399,12 +396,7 @@ class EchoServer:
         log_close(conn, reason, faults_on=self._new_connection.faults_ever)
 
     def _warn(self, message: str, *args: object) -> None:
-        """Log *message* unless the same kind was logged less than WARNING_INTERVAL ago.
-
-        Each message template is limited on its own, so that hitting the
-        connection limit cannot hide running out of file descriptors.
-        """
-        now = trio.current_time()
-        if now - self._last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
-            self._last_warning[message] = now
+        """Log *message* unless the same kind was logged less than WARNING_INTERVAL
+        ago (each message template is a kind of its own)."""
+        if self._warnings.allow(message, trio.current_time()):
             LOGGER.warning(message, *args)

@@ -8,14 +8,18 @@ serves descriptors inherited from systemd (``LISTEN_FDS``) or named with ``--fd`
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import MutableMapping, Sequence
 from typing import Final
 
 __all__ = [
     "SD_LISTEN_FDS_START",
+    "Network",
     "bind_reuseport_groups",
     "format_address",
+    "host_of",
+    "is_trusted",
     "listening_socket_from_fd",
     "systemd_listen_fds",
 ]
@@ -131,3 +135,24 @@ def format_address(address: object) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
+
+
+#: A network an address can be checked against.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def host_of(peer: str) -> str:
+    """The host of a ``host:port`` or ``[host]:port`` peer string."""
+    host = peer.rpartition(":")[0] or peer
+    return host[1:-1] if host.startswith("[") else host
+
+
+def is_trusted(host: str, networks: Sequence[Network]) -> bool:
+    """Whether *host* is in one of *networks* (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

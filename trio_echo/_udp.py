@@ -26,7 +26,7 @@ from typing import Any, Final
 import trio
 
 from ._config import ServerConfig
-from ._logs import event
+from ._logs import LogLimiter, event
 from ._sockets import format_address
 from ._stats import UDPStatistics
 from ._udp_faults import DatagramFaultPlan, Echo
@@ -135,7 +135,7 @@ class UDPEcho:
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped: Counter[str] = Counter()
-        self._last_logged: dict[str, float] = {}
+        self._drop_log = LogLimiter(DROP_LOG_INTERVAL)
 
     @property
     def delays(self) -> bool:
@@ -253,9 +253,8 @@ class UDPEcho:
     def _drop(self, reason: str, address: object, now: float, detail: str = "") -> None:
         """Count a dropped datagram; log it unless *reason* was logged within the interval."""
         self.dropped[reason] += 1
-        if now - self._last_logged.get(reason, -math.inf) < DROP_LOG_INTERVAL:
+        if not self._drop_log.allow(reason, now):
             return
-        self._last_logged[reason] = now
         count = self.dropped[reason]
         peer = format_address(address)
         LOGGER.warning(
