@@ -89,3 +89,16 @@ def test_a_window_is_what_was_recorded_since_a_snapshot() -> None:
     assert window.percentile(0) == pytest.approx(5_000_000, rel=1e-3)
     assert snapshot.total == 1000
     assert snapshot.percentile(100) == 1999
+
+
+def test_recording_a_batch_counts_as_recording_each_value() -> None:
+    rng = random.Random(7)
+    values = [-3, 0, 2047, 2048, 1 << 50] + [rng.randrange(1, 1 << 40) for _ in range(5000)]
+    one_by_one, batched = Histogram(), Histogram()
+    for value in values:
+        one_by_one.record(value)
+    batched.record_many(values[:2000])
+    batched.record_many(values[2000:])
+    batched.record_many([])
+    assert batched.total == one_by_one.total == len(values)
+    assert list(batched.minus(Histogram())._buckets()) == list(one_by_one._buckets())

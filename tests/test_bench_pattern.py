@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from trio_echo._bench.pattern import MAX_CHUNK, EchoMismatch, Pattern, Verifier
@@ -84,3 +86,30 @@ def test_nothing_is_counted_from_a_chunk_that_fails() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="size must be at least 1"):
         Pattern(0)
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 1000, 2500, MAX_CHUNK])
+def test_check_returns_the_messages_each_chunk_completes(chunk: int) -> None:
+    verifier = Verifier(Pattern(1000), 5)
+    data = stream_of(verifier, 70)
+    completed = [
+        verifier.check(data[start : start + chunk]) for start in range(0, len(data), chunk)
+    ]
+    assert sum(completed) == 70
+    # The count after each chunk is the number of whole messages echoed by then.
+    ends = range(chunk, len(data) + chunk, chunk)
+    totals = [min(end, len(data)) // 1000 for end in ends]
+    assert list(itertools.accumulate(completed)) == totals
+
+
+def test_the_ring_wraps_without_a_seam() -> None:
+    pattern = Pattern(1024)
+    ring = pattern.data[: pattern.ring]
+    for number in (0, 1, 2, 40):
+        verifier = Verifier(pattern, number)
+        data = stream_of(verifier, pattern.messages + 3)  # past the ring's end
+        start = pattern.start(number)
+        assert data == (ring[start:] + ring + ring)[: len(data)]
+        for offset in range(0, len(data), 4000):
+            verifier.check(data[offset : offset + 4000])
+        assert verifier.outstanding == 0

@@ -130,17 +130,14 @@ async def paced_stream(
             nursery.cancel_scope.cancel()
 
     async def receive() -> None:
-        partial = 0
         while True:
             data = await stream.receive_some(MAX_CHUNK)
             if not data:
                 raise closed_error(verifier)
-            verifier.check(data)
-            partial += len(data)
+            completed = verifier.check(data)
             now = clock()
             progress.at = now
-            while partial >= size:
-                partial -= size
+            for _ in range(completed):
                 started = sent_at.popleft()
                 if started >= meter.measure_from:
                     meter.histogram.record(now - started)

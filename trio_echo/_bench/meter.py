@@ -62,13 +62,18 @@ class Meter:
     def take(self, now: int) -> bool:
         """Whether a message (or connection) may start at *now*; counts it
         against ``count`` when it will be measured."""
+        return self.allow(now, 1) == 1
+
+    def allow(self, now: int, wanted: int) -> int:
+        """How many of *wanted* messages may start at *now* (all or none, but
+        for the last ones of ``count``); counts them as :meth:`take` does."""
         if now >= self.stop_at:
-            return False
-        if now >= self.measure_from:
-            if self.remaining <= 0:
-                return False
-            self.remaining -= 1
-        return True
+            return 0
+        if now < self.measure_from:
+            return wanted
+        granted = min(wanted, self.remaining)
+        self.remaining -= granted
+        return granted
 
     def error(self, kind: str, line: str) -> None:
         """Count a failed connection; the first failure's *line* is kept."""

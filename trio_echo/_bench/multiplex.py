@@ -6,9 +6,15 @@ connections' sockets sit in one private, level-triggered epoll set, and the
 task waits on that set's descriptor with ``trio.lowlevel.wait_readable`` only
 when no socket is ready: one trio wait per batch of echoes, not per echo (and
 before that, a short bounded spin of empty polls, then one checkpoint).
-Each ready socket gets one ``recv_into`` a shared, preallocated buffer, its
-bytes verified with one ``bytes.startswith`` (a memcmp), and its next message
-sent at once from the shared pattern (no copy).
+Each batch runs in two phases.  First every ready socket gets one
+``recv_into`` a shared, preallocated buffer, its bytes verified with one
+``bytes.startswith`` (a memcmp) and its completed round trips timed (the
+batch's latencies go into the histogram in one call).  Then the connections
+owed a message get it, one send after the other, each timed as it goes, from
+the shared pattern (no copy).  Sending in a burst matters on loopback, where
+the sender pays for waking the server: a server asleep between messages is
+woken about once per burst instead of once per message.  Together these make
+the loop about 1.2x as fast as one that sends as it receives (see the README).
 
 A connection that fails (closed or reset by the server, no echo within the
 timeout) is counted through ``on_error`` and dropped; the others go on.  A
@@ -45,17 +51,21 @@ SPIN_POLLS: Final = 100
 
 _IN: Final = select.EPOLLIN
 _IN_OUT: Final = select.EPOLLIN | select.EPOLLOUT
+_READABLE: Final = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 
 OnError = Callable[[str, str], None]
 
 
 class _Connection:
     __slots__ = (
+        "check",
         "finish_by",
+        "next_message",
         "out",
-        "partial",
         "progress",
         "queue",
+        "recv_into",
+        "send",
         "sent_at",
         "sock",
         "verifier",
@@ -65,10 +75,14 @@ class _Connection:
     def __init__(self, sock: socket.socket, verifier: Verifier, now: int) -> None:
         self.sock = sock
         self.verifier = verifier
+        # Bound once: the loop calls these for every echo.
+        self.recv_into = sock.recv_into
+        self.send = sock.send
+        self.check = verifier.check
+        self.next_message = verifier.next_message
         self.sent_at: deque[int] = deque()
         self.queue: deque[memoryview] = deque()
         self.out = memoryview(b"")
-        self.partial = 0
         self.progress = now
         #: Half-closed, waiting for the server's close until this time (0: not yet).
         self.finish_by = 0
@@ -88,22 +102,29 @@ async def closed_loop_multiplexed(
     non-blocking sockets) until the run stops or its budget is spent; then
     finish each one.  Returns when every connection has ended."""
     clock = meter.clock
-    record = meter.histogram.record
+    take = meter.take
+    allow = meter.allow
+    histogram = meter.histogram
     buffer = bytearray(MAX_CHUNK)
     view = memoryview(buffer)
     timeout = echo_timeout
     timeout_ns = round(timeout * 1e9)
     finish_ns = round(FINISH_TIMEOUT * 1e9)
+    check_ns = round(CHECK_EVERY * 1e9)
     by_fd: dict[int, _Connection] = {}
     poller = select.epoll()
     size = connections[0][1].size if connections else 0
+    # Latencies of one batch of echoes, recorded together after it, and the
+    # connections owed a message (one entry per message).
+    latencies: list[int] = []
+    owed: list[_Connection] = []
     try:
         now = clock()
         for sock, verifier in connections:
             conn = by_fd[sock.fileno()] = _Connection(sock, verifier, now)
             poller.register(sock.fileno(), _IN)
             for _ in range(pipeline):
-                if not meter.take(now):
+                if not take(now):
                     break
                 conn.sent_at.append(now)
                 conn.queue.append(verifier.next_message())
@@ -112,7 +133,7 @@ async def closed_loop_multiplexed(
             else:
                 conn.out = conn.queue.popleft()
                 _flush(conn, poller)
-        next_check = clock() + round(CHECK_EVERY * 1e9)
+        next_check = clock() + check_ns
         yielded = False
         spins = 0
         while by_fd:
@@ -125,7 +146,7 @@ async def closed_loop_multiplexed(
                     continue
                 now = clock()
                 if now >= next_check:
-                    next_check = now + round(CHECK_EVERY * 1e9)
+                    next_check = now + check_ns
                     _check_overdue(by_fd, poller, now, timeout_ns, timeout, on_error)
                     continue
                 if not yielded:
@@ -140,14 +161,16 @@ async def closed_loop_multiplexed(
             yielded = False
             spins = 0
             now = clock()
+            measure_from = meter.measure_from
             for fd, event in events:
                 conn = by_fd[fd]
-                if event & select.EPOLLOUT and conn.out:
-                    _flush(conn, poller)
-                if not event & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
-                    continue
+                if event != _IN:
+                    if event & select.EPOLLOUT and conn.out:
+                        _flush(conn, poller)
+                    if not event & _READABLE:
+                        continue
                 try:
-                    n = conn.sock.recv_into(buffer)
+                    n = conn.recv_into(buffer)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -162,33 +185,52 @@ async def closed_loop_multiplexed(
                         error = closed_error(verifier)
                         on_error("closed", str(error))
                     continue
-                verifier.check(view[:n])
+                completed = conn.check(view[:n])
                 if conn.finish_by:
                     continue
                 conn.progress = now
-                partial = conn.partial + n
-                while partial >= size:
-                    partial -= size
+                for _ in range(completed):
                     started = conn.sent_at.popleft()
-                    if started >= meter.measure_from:
-                        record(now - started)
-                        meter.round_trips += 1
-                        meter.bytes += size
-                        meter.last = now
-                    if meter.take(now):
-                        conn.sent_at.append(now)
-                        if conn.out:
-                            conn.queue.append(verifier.next_message())
-                        else:
-                            conn.out = verifier.next_message()
-                            _flush(conn, poller)
-                conn.partial = partial
-                if not conn.sent_at:
-                    _start_finish(conn, now, finish_ns)
-            # Finished connections whose server never closes: let them go.
+                    if started >= measure_from:
+                        latencies.append(now - started)
+                    owed.append(conn)
+            if owed:
+                # The next messages go out together, once every echo of the
+                # batch is in (see the module's docstring).
+                now = clock()
+                granted = allow(now, len(owed))
+                for conn in owed[:granted]:
+                    # Timed one by one: a burst of sends takes microseconds each.
+                    conn.sent_at.append(clock())
+                    message = conn.next_message()
+                    if conn.out:
+                        conn.queue.append(message)
+                        continue
+                    # Nearly always the socket takes the whole message at once.
+                    try:
+                        sent = conn.send(message)
+                    except OSError:
+                        sent = 0  # _flush sorts it out
+                    if sent < size:
+                        conn.out = message[sent:]
+                        _flush(conn, poller)
+                for conn in owed[granted:]:
+                    if not conn.sent_at and not conn.finish_by:
+                        _start_finish(conn, now, finish_ns)
+                owed.clear()
+            if latencies:
+                histogram.record_many(latencies)
+                meter.round_trips += len(latencies)
+                meter.bytes += size * len(latencies)
+                meter.last = now
+                latencies.clear()
             if now >= next_check:
-                next_check = now + round(CHECK_EVERY * 1e9)
+                next_check = now + check_ns
+                # Finished connections whose server never closes: let them go.
                 _check_overdue(by_fd, poller, now, timeout_ns, timeout, on_error)
+                # A loop never idle still lets trio run the progress line and
+                # deliver Ctrl-C, four times a second.
+                await trio.lowlevel.checkpoint()
     finally:
         poller.close()
 

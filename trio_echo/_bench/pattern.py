@@ -12,7 +12,7 @@ message in the ring, so a server that mixes up connections is caught too.  A
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NoReturn
 
 __all__ = ["EchoMismatch", "Pattern", "Verifier"]
 
@@ -83,52 +83,79 @@ class Verifier:
     verified; the difference is the echo still outstanding.
     """
 
-    __slots__ = ("_base", "_pattern", "connection", "received", "sent")
+    __slots__ = (
+        "_data",
+        "_expect",
+        "_next",
+        "_pattern",
+        "_ring",
+        "_size",
+        "connection",
+        "received",
+        "sent",
+    )
 
     def __init__(self, pattern: Pattern, connection: int) -> None:
         self._pattern = pattern
-        self._base = pattern.start(connection)
+        self._data = pattern.data
+        self._size = pattern.size
+        self._ring = pattern.ring
+        # Ring offsets of the next message to send and of the next byte expected
+        # back, kept (not recomputed with a modulo) because both methods are hot.
+        self._next = self._expect = pattern.start(connection)
         self.connection = connection
         self.sent = 0
         self.received = 0
 
     def next_message(self) -> memoryview:
         """The next message to send (a slice of the shared ring: do not keep it)."""
-        pattern = self._pattern
-        offset = (self._base + self.sent) % pattern.ring
-        self.sent += pattern.size
-        return pattern.view[offset : offset + pattern.size]
+        start = self._next
+        end = start + self._size
+        # Messages never straddle the ring's end: it holds a whole number of them.
+        self._next = end if end < self._ring else 0
+        self.sent += self._size
+        return self._pattern.view[start:end]
 
-    def check(self, data: bytes | bytearray | memoryview) -> None:
-        """Verify *data* (at most :data:`MAX_CHUNK` bytes), the next bytes echoed.
+    def check(self, data: bytes | bytearray | memoryview) -> int:
+        """Verify *data* (at most :data:`MAX_CHUNK` bytes), the next bytes
+        echoed; return how many messages' echoes they complete.
 
         Raises :exc:`EchoMismatch` naming the connection, the byte's offset in
         the connection's stream of echoes, and the expected and received byte.
         """
         n = len(data)
-        pattern = self._pattern
-        offset = (self._base + self.received) % pattern.ring
-        allowed = min(n, self.sent - self.received)
+        received = self.received
         # bytes.startswith compares with memcmp; comparing memoryviews goes
         # element by element, eight times slower for 1 KiB.
-        if not pattern.data.startswith(data[:allowed] if allowed < n else data, offset):
-            expected = pattern.data[offset : offset + allowed]
-            index = next(i for i in range(allowed) if expected[i] != data[i])
+        if n > self.sent - received or not self._data.startswith(data, self._expect):
+            self._mismatch(data)
+        self.received = received + n
+        end = self._expect + n
+        self._expect = end if end < self._ring else end - self._ring
+        size = self._size
+        return (received + n) // size - received // size
+
+    def _mismatch(self, data: bytes | bytearray | memoryview) -> NoReturn:
+        """Raise the :exc:`EchoMismatch` for *data*, which failed :meth:`check`."""
+        n = len(data)
+        offset = self._expect
+        allowed = min(n, self.sent - self.received)
+        expected = self._data[offset : offset + allowed]
+        index = next((i for i in range(allowed) if expected[i] != data[i]), allowed)
+        if index < allowed:
             raise EchoMismatch(
                 f"connection {self.connection}: byte {self.received + index}: "
                 f"expected {_show(expected[index])}, received {_show(data[index])}"
             )
-        if allowed < n:
-            raise EchoMismatch(
-                f"connection {self.connection}: byte {self.sent}: expected no byte "
-                f"(only {self.sent} sent), received {_show(data[allowed])}"
-            )
-        self.received += n
+        raise EchoMismatch(
+            f"connection {self.connection}: byte {self.sent}: expected no byte "
+            f"(only {self.sent} sent), received {_show(data[allowed])}"
+        )
 
     @property
     def size(self) -> int:
         """Bytes per message."""
-        return self._pattern.size
+        return self._size
 
     @property
     def outstanding(self) -> int:
