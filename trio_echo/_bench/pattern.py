@@ -23,6 +23,9 @@ ALPHABET: Final = bytes(range(33, 127))
 MIN_RING: Final = 65536  # >= MAX_CHUNK: one wrap-around copy suffices
 #: Largest chunk verified in one call (the receive buffer size of the loops).
 MAX_CHUNK: Final = 65536
+# Messages up to this size are kept as copies in Pattern.each (at most
+# 64 KiB plus 33 bytes of object per message), larger ones as views.
+_COPY_UP_TO: Final = 4096
 # Connections start this many messages apart in the ring (odd: all distinct
 # while fewer connections than messages in the ring).
 _STRIDE: Final = 37
@@ -47,7 +50,7 @@ def _sequence(length: int) -> bytes:
 class Pattern:
     """The messages of *size* bytes that every connection sends, read-only."""
 
-    __slots__ = ("data", "messages", "ring", "size", "view")
+    __slots__ = ("data", "each", "messages", "ring", "size")
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -63,7 +66,14 @@ class Pattern:
         #: offset is one contiguous slice.
         self.ring = len(ring)
         self.data = bytes(ring + ring[:MAX_CHUNK])
-        self.view = memoryview(self.data)
+        # Every message of the ring, ready to send: handing one out is then an
+        # index, not a slice.  Small ones are copies (a memoryview object is
+        # larger than a short message), large ones views of ``data``.
+        source = self.data if size <= _COPY_UP_TO else memoryview(self.data)
+        #: The ring's messages in order, as bytes or read-only views.
+        self.each: list[bytes | memoryview] = [
+            source[start : start + size] for start in range(0, self.ring, size)
+        ]
 
     def start(self, connection: int) -> int:
         """Where in the ring the stream of connection number *connection* starts."""
@@ -85,9 +95,9 @@ class Verifier:
 
     __slots__ = (
         "_data",
+        "_each",
         "_expect",
         "_next",
-        "_pattern",
         "_ring",
         "_size",
         "connection",
@@ -96,25 +106,25 @@ class Verifier:
     )
 
     def __init__(self, pattern: Pattern, connection: int) -> None:
-        self._pattern = pattern
         self._data = pattern.data
         self._size = pattern.size
         self._ring = pattern.ring
-        # Ring offsets of the next message to send and of the next byte expected
-        # back, kept (not recomputed with a modulo) because both methods are hot.
-        self._next = self._expect = pattern.start(connection)
+        self._each = pattern.each
+        # Ring offsets are kept (not recomputed with a modulo): both methods are hot.
+        #: The next message to send, as an index into ``pattern.each``.
+        self._next = pattern.start(connection) // pattern.size
+        #: The ring offset of the next byte expected back.
+        self._expect = pattern.start(connection)
         self.connection = connection
         self.sent = 0
         self.received = 0
 
-    def next_message(self) -> memoryview:
-        """The next message to send (a slice of the shared ring: do not keep it)."""
-        start = self._next
-        end = start + self._size
-        # Messages never straddle the ring's end: it holds a whole number of them.
-        self._next = end if end < self._ring else 0
+    def next_message(self) -> bytes | memoryview:
+        """The next message to send (shared by every connection: read-only)."""
+        index = self._next
+        self._next = index + 1 if index + 1 < len(self._each) else 0
         self.sent += self._size
-        return self._pattern.view[start:end]
+        return self._each[index]
 
     def check(self, data: bytes | bytearray | memoryview) -> int:
         """Verify *data* (at most :data:`MAX_CHUNK` bytes), the next bytes
