@@ -113,3 +113,12 @@ def test_the_ring_wraps_without_a_seam() -> None:
         for offset in range(0, len(data), 4000):
             verifier.check(data[offset : offset + 4000])
         assert verifier.outstanding == 0
+
+
+@pytest.mark.parametrize("size", [1, 64, 4096, 4097, 70_000])
+def test_the_ready_made_messages_are_the_ring_in_order(size: int) -> None:
+    pattern = Pattern(size)
+    assert len(pattern.each) == pattern.messages
+    assert b"".join(bytes(message) for message in pattern.each) == pattern.data[: pattern.ring]
+    # Short messages are copies; long ones share the pattern's memory.
+    assert all(isinstance(m, bytes if size <= 4096 else memoryview) for m in pattern.each)
