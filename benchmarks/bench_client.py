@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_client.py                  # every figure, 3 alternations, ~3 min
     python benchmarks/bench_client.py --repeat 1 --seconds 2 --skip-accuracy   # a quick look
+    python benchmarks/bench_client.py --skip-accuracy --baseline e34eab4  # before/after A/B
 
 Throughput and overhead: ``c_epoll`` (``../shared/tools/c_epoll``, compiled here
 with gcc) is the server, pinned to the first core; vmbench's ``echo_client``
@@ -43,8 +44,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,35 +147,70 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench(core: str, port: int, *options: str, seconds: float = 5) -> dict[str, Any]:
-    """``trio-echo bench --json`` on *core*."""
+def bench(
+    core: str, port: int, *options: str, seconds: float = 5, tree: Path | None = None
+) -> dict[str, Any]:
+    """``trio-echo bench --json`` on *core*; with *tree*, the ``trio_echo`` exported there."""
+    command = [TRIO_ECHO] if tree is None else [sys.executable, "-m", "trio_echo"]
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    # In the tree, so that ``-m`` cannot find today's trio_echo in the working directory.
     done = subprocess.run(
-        ["taskset", "-c", core, TRIO_ECHO, "bench", f"127.0.0.1:{port}", "--json", *options],
-        capture_output=True, text=True, timeout=seconds + 60,
+        ["taskset", "-c", core, *command, "bench", f"127.0.0.1:{port}", "--json", *options],
+        capture_output=True, text=True, timeout=seconds + 60, env=env, cwd=tree,
     )  # fmt: skip
     if done.returncode != 0:
         sys.exit(f"trio-echo bench {' '.join(options)} failed: {done.stderr.strip()}")
     return dict(json.loads(done.stdout))
 
 
+def timed_echo_client(
+    python: str, core: str, port: int, connections: int, seconds: int
+) -> dict[str, Any]:
+    """:func:`echo_client`, with the client CPU per round trip it spent."""
+    before = children_cpu()
+    report = echo_client(python, core, port, connections, seconds)
+    spent = children_cpu() - before
+    report["client_cpu_us_per_rt"] = spent / max(1, report["rate"] * seconds) * 1e6
+    return report
+
+
+def timed_bench(
+    core: str, port: int, options: Sequence[str], seconds: int, tree: Path | None = None
+) -> dict[str, Any]:
+    """:func:`bench`, with the client CPU per round trip it spent."""
+    before = children_cpu()
+    report = bench(core, port, *options, seconds=seconds, tree=tree)
+    spent = children_cpu() - before
+    report["client_cpu_us_per_rt"] = spent / max(1, report["round_trips"]) * 1e6
+    return report
+
+
 def throughput(args: argparse.Namespace, server: str, client: str) -> list[dict[str, Any]]:
     rows = []
     with c_epoll(server) as port:
         for connections in (8, 50, 1):
-            theirs, ours = [], []
+            theirs: list[dict[str, Any]] = []
+            ours: list[dict[str, Any]] = []
+            baseline: list[dict[str, Any]] = []
             seconds = args.seconds
-            for _ in range(args.repeat):
-                before = children_cpu()
-                report = echo_client(args.python, client, port, connections, seconds)
-                spent = children_cpu() - before
-                report["client_cpu_us_per_rt"] = spent / max(1, report["rate"] * seconds) * 1e6
-                theirs.append(report)
-                before = children_cpu()
-                report = bench(client, port, "--connections", str(connections), "--size", "1KiB",
-                               "--duration", f"{seconds}s")  # fmt: skip
-                spent = children_cpu() - before
-                report["client_cpu_us_per_rt"] = spent / max(1, report["round_trips"]) * 1e6
-                ours.append(report)
+            options = ("--connections", str(connections), "--size", "1KiB",
+                       "--duration", f"{seconds}s")  # fmt: skip
+            clients: list[tuple[list[dict[str, Any]], Callable[[], dict[str, Any]]]] = [
+                (theirs, partial(timed_echo_client, args.python, client, port, connections,
+                                 seconds)),
+                (ours, partial(timed_bench, client, port, options, seconds)),
+            ]  # fmt: skip
+            if args.baseline_tree is not None:
+                run = partial(timed_bench, client, port, options, seconds, args.baseline_tree)
+                clients.append((baseline, run))
+            for turn in range(args.repeat):
+                # Each client goes first in turn: whoever follows another's
+                # teardown (50 processes exiting) starts on a busier core.
+                first = turn % len(clients)
+                for reports, run in clients[first:] + clients[:first]:
+                    reports.append(run())
+            pairs = zip(baseline, ours, strict=False)
+            before_after = [then["rate"] / now["rate"] for then, now in pairs]
             row = {
                 "connections": connections,
                 "echo_client_rate": statistics.median(r["rate"] for r in theirs),
@@ -194,6 +231,11 @@ def throughput(args: argparse.Namespace, server: str, client: str) -> list[dict[
                   f"CPU {row['echo_client_cpu_us_per_rt']:.1f} µs/rt; "
                   f"bench {row['bench_rate']:,.0f}/s p50 {row['bench_p50_us']:.0f} µs "
                   f"CPU {row['bench_cpu_us_per_rt']:.1f} µs/rt", flush=True)  # fmt: skip
+            if before_after:
+                # Pairs run back to back, so a disturbance hits both sides of a ratio.
+                row["baseline_rate_ratio"] = statistics.median(before_after)
+                print(f"      {args.baseline}: {row['baseline_rate_ratio']:.3f}x today's "
+                      f"messages/s (median of {len(before_after)} pairs)", flush=True)  # fmt: skip
     return rows
 
 
@@ -282,7 +324,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hgrm-dir", default=str(Path(tempfile.gettempdir()) / "bench-hgrm"))
     parser.add_argument("--chart", default=str(ROOT / "docs" / "bench-latency.png"))
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run trio-echo bench from git revision REF after each of "
+                        "today's runs (before/after A/B)")  # fmt: skip
     args = parser.parse_args(argv)
+    args.baseline_tree = None
+    if args.baseline:
+        # run.py's export: the revision's tree, git-ignored under benchmarks/results/.
+        from run import BenchError, export_baseline
+
+        into = ROOT / "benchmarks" / "results" / f"bench-baseline-{os.getpid()}"
+        try:
+            args.baseline_tree = export_baseline(args.baseline, into)
+        except BenchError as exc:
+            parser.error(str(exc))
+    try:
+        measure(args)
+    finally:
+        if args.baseline_tree is not None:
+            shutil.rmtree(args.baseline_tree, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace) -> None:
     server, client = cores()
     load = os.getloadavg()
     print(f"server on core {server}, client on core {client}; load average {load[0]:.2f}")
