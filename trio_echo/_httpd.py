@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
+from ._logs import LogLimiter
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ REQUEST_TIMEOUT: Final = 5.0
 KEEPALIVE_TIMEOUT: Final = 30.0
 # Bytes read per receive.
 RECEIVE_SIZE: Final = 4096
-# At most one "too many clients" warning per this many seconds.
-WARNING_INTERVAL: Final = 10.0
 
 SERVER_HEADER: Final = f"trio-echo/{__version__}".encode()
 
@@ -222,13 +220,12 @@ class _Server:
     def __init__(self, endpoints: HealthEndpoints) -> None:
         self.endpoints = endpoints
         self.clients = 0
-        self.last_warning = -math.inf
+        # "Too many clients" is logged at most once per WARNING_INTERVAL.
+        self.warnings = LogLimiter()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         if self.clients >= MAX_CLIENTS:
-            now = trio.current_time()
-            if now - self.last_warning >= WARNING_INTERVAL:
-                self.last_warning = now
+            if self.warnings.allow("too_many_clients", trio.current_time()):
                 LOGGER.warning(
                     "metrics listener: %d clients already; closing new ones", MAX_CLIENTS
                 )
