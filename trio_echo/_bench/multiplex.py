@@ -197,7 +197,6 @@ async def closed_loop_multiplexed(
             if owed:
                 # The next messages go out together, once every echo of the
                 # batch is in (see the module's docstring).
-                now = clock()
                 granted = allow(now, len(owed))
                 for conn in owed[:granted]:
                     # Timed one by one: a burst of sends takes microseconds each.
