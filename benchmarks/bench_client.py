@@ -232,7 +232,7 @@ def throughput(args: argparse.Namespace, server: str, client: str) -> list[dict[
                   f"bench {row['bench_rate']:,.0f}/s p50 {row['bench_p50_us']:.0f} µs "
                   f"CPU {row['bench_cpu_us_per_rt']:.1f} µs/rt", flush=True)  # fmt: skip
             if before_after:
-                # Pairs run back to back, so a disturbance hits both sides of a ratio.
+                # Each ratio pairs two runs of the same turn, seconds apart.
                 row["baseline_rate_ratio"] = statistics.median(before_after)
                 print(f"      {args.baseline}: {row['baseline_rate_ratio']:.3f}x today's "
                       f"messages/s (median of {len(before_after)} pairs)", flush=True)  # fmt: skip
@@ -325,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chart", default=str(ROOT / "docs" / "bench-latency.png"))
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--baseline", metavar="REF",
-                        help="also run trio-echo bench from git revision REF after each of "
-                        "today's runs (before/after A/B)")  # fmt: skip
+                        help="also run trio-echo bench from git revision REF in each turn "
+                        "(before/after A/B)")  # fmt: skip
     args = parser.parse_args(argv)
     args.baseline_tree = None
     if args.baseline:
