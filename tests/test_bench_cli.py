@@ -242,11 +242,12 @@ def test_connect_only_reports_connections(echo_process: StartProcess) -> None:
 
 
 @pytest.mark.system
+@pytest.mark.parametrize("mode", [[], ["--rate", "1000"], ["--interval", "1ms"]])
 def test_a_corrupted_echo_exits_1_naming_connection_offset_and_bytes(
-    third_party: list[subprocess.Popen[bytes]],
+    mode: list[str], third_party: list[subprocess.Popen[bytes]]
 ) -> None:
     port = start_echo("corrupting", third_party)
-    done = bench(f"127.0.0.1:{port}", "--count", "10")
+    done = bench(f"127.0.0.1:{port}", "--count", "10", *mode)
     assert done.returncode == 1
     # Connection 0's stream starts with "!"; the server flipped its lowest bit.
     assert done.stderr == (

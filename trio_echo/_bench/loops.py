@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -27,6 +28,7 @@ __all__ = [
     "closed_error",
     "finish",
     "paced_stream",
+    "side_by_side",
 ]
 
 #: After the last echo: how long the server may take to close after our EOF.
@@ -55,6 +57,31 @@ def closed_error(verifier: Verifier) -> ServerClosed:
         f"connection {verifier.connection}: closed by the server at byte {verifier.received} "
         f"with {verifier.outstanding} bytes of echo outstanding"
     )
+
+
+async def side_by_side(*tasks: Callable[[trio.CancelScope], Awaitable[None]]) -> None:
+    """Run *tasks* concurrently until every one returns; each is given the
+    cancel scope of them all, to end the lot when its work is done.
+
+    The first exception a task raises cancels the others and is then raised
+    itself, not wrapped in an exception group: a connection's callers tell a
+    mismatch from a reset by its type.  Cancellation from outside passes
+    through as usual.
+    """
+    failures: list[Exception] = []
+
+    async def guarded(task: Callable[[trio.CancelScope], Awaitable[None]]) -> None:
+        try:
+            await task(nursery.cancel_scope)
+        except Exception as exc:
+            failures.append(exc)
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for task in tasks:
+            nursery.start_soon(guarded, task)
+    if failures:
+        raise failures[0]
 
 
 async def _sleep_until(due: int, clock: Clock) -> None:
@@ -103,7 +130,7 @@ async def paced_stream(
     permits = trio.Semaphore(in_flight or 1)
     sending_done = False
 
-    async def send() -> None:
+    async def send(pair: trio.CancelScope) -> None:
         nonlocal sending_done
         due = first
         while True:
@@ -127,9 +154,9 @@ async def paced_stream(
             await stream.send_all(verifier.next_message())
         sending_done = True
         if not sent_at:
-            nursery.cancel_scope.cancel()
+            pair.cancel()
 
-    async def receive() -> None:
+    async def receive(pair: trio.CancelScope) -> None:
         while True:
             data = await stream.receive_some(MAX_CHUNK)
             if not data:
@@ -149,11 +176,9 @@ async def paced_stream(
                 if in_flight is not None:
                     permits.release()
             if sending_done and not sent_at:
-                nursery.cancel_scope.cancel()
+                pair.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        nursery.start_soon(receive)
+    await side_by_side(send, receive)
 
 
 async def finish(stream: trio.abc.Stream, verifier: Verifier) -> None:
