@@ -44,6 +44,14 @@ def test_defaults_are_a_ten_second_closed_loop_of_64_byte_messages() -> None:
         ({"cafile": "ca.pem"}, "cafile needs tls"),
         ({"insecure": True}, "insecure needs tls"),
         ({"tls": True, "insecure": True, "cafile": "ca.pem"}, "cafile and insecure contradict"),
+        ({"udp": 1}, "udp must be a bool, not int: 1"),
+        ({"tls": "yes"}, "tls must be a bool"),
+        ({"warmup": "1s"}, "warmup must be seconds, not str"),
+        ({"udp": True, "tls": True}, "tls does not apply with udp"),
+        ({"udp": True, "send_proxy": "v1"}, "send_proxy does not apply with udp"),
+        ({"udp": True, "connect_only": True}, "connect_only does not apply with udp"),
+        ({"udp": True, "size": 11}, "size must be 12 to 65507 bytes with udp"),
+        ({"udp": True, "size": 65508}, "size must be 12 to 65507 bytes with udp"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(fields: dict[str, Any], message: str) -> None:
@@ -51,6 +59,18 @@ def test_bad_values_are_refused_naming_the_field(fields: dict[str, Any], message
         BenchConfig(address=ADDRESS, **fields)
     first_word = str(caught.value).split(" ", 1)[0].strip("'")
     assert first_word in fields
+    assert "\n" not in str(caught.value)
+
+
+def test_udp_needs_a_host_and_port() -> None:
+    with pytest.raises(ValueError, match=r"^udp needs HOST:PORT, not a Unix socket$"):
+        BenchConfig(address=parse_address("unix:/run/echo.sock"), udp=True)
+
+
+@pytest.mark.parametrize("mode", [{}, {"rate": 100.0}, {"interval": 0.5}, {"pipeline": 8}])
+def test_udp_runs_in_every_echoing_mode(mode: dict[str, Any]) -> None:
+    config = BenchConfig(address=ADDRESS, udp=True, size=12, **mode)
+    assert config.udp
 
 
 def test_the_address_must_be_parsed() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_echo import BenchResult, LatencySummary
+from trio_echo import BenchResult, DatagramCounts, LatencySummary
 from trio_echo._bench.histogram import Histogram
 from trio_echo._bench.output import PROGRESS_CLEAR, ping_line, progress_line, summary
 
@@ -53,6 +53,19 @@ def test_the_summary_names_every_figure() -> None:
         "8 made",
         "errors       none",
     ]
+
+
+def test_a_udp_summary_names_flows_datagrams_and_their_fate() -> None:
+    counts = DatagramCounts(sent=1000, lost=4, late=1, duplicates=2, reordered=3)
+    text = summary(result(connections=2, size=64, udp=counts, mode="open"))
+    lines = text.splitlines()
+    assert lines[0].startswith(
+        "--- 127.0.0.1:7 trio-echo bench: UDP open loop, 2 flows, 64-byte datagrams"
+    )
+    assert "datagrams    1,000 sent, 4 lost (0.40 %, 1 late), 2 duplicated, 3 reordered" in lines
+    report = result(udp=counts).to_json()
+    assert report["udp"] == {"sent": 1000, "lost": 4, "late": 1, "duplicates": 2, "reordered": 3}
+    assert result().to_json()["udp"] is None
 
 
 def test_errors_are_listed_by_kind_and_connect_only_counts_connections() -> None:

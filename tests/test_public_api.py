@@ -37,6 +37,7 @@ PUBLIC = {
     # The measuring client (trio-echo bench).
     "BenchConfig",
     "BenchResult",
+    "DatagramCounts",
     "LatencySummary",
     "ServerUnreachable",
     "bench",

@@ -29,7 +29,7 @@ from ._version import __version__
 if _typing.TYPE_CHECKING:
     from ._bench.address import parse_address
     from ._bench.config import BenchConfig
-    from ._bench.result import BenchResult, LatencySummary
+    from ._bench.result import BenchResult, DatagramCounts, LatencySummary
     from ._bench.run import ServerUnreachable, bench
     from ._config import (
         ConnectionConfig,
@@ -50,6 +50,7 @@ __all__ = [
     "BenchConfig",
     "BenchResult",
     "ConnectionConfig",
+    "DatagramCounts",
     "EchoProtocol",
     "EchoServer",
     "Faults",
@@ -74,6 +75,7 @@ __all__ = [
 _MODULE_OF = {
     "BenchConfig": "._bench.config",
     "BenchResult": "._bench.result",
+    "DatagramCounts": "._bench.result",
     "LatencySummary": "._bench.result",
     "ServerUnreachable": "._bench.run",
     "bench": "._bench.run",

@@ -6,6 +6,7 @@ Modules, one job each: :mod:`.address` (what to connect to), :mod:`.pattern`
 :mod:`.meter` (what the connections of a run share), :mod:`.connect` (opening
 one connection), :mod:`.multiplex` (the plain closed loop, all connections in
 one task: the hot path), :mod:`.loops` (the other modes, a task pair per
-connection), :mod:`.run` (the run as a whole: :func:`~.run.bench`),
-:mod:`.output` (what a person reads) and :mod:`.cli` (the command line).
+connection), :mod:`.udp` (flows of datagrams), :mod:`.run` (the run as a
+whole: :func:`~.run.bench`), :mod:`.output` (what a person reads) and
+:mod:`.cli` (the command line).
 """

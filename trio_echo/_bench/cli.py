@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mode.add_argument(
         "--udp", action="store_true",
-        help="UDP echo (trio-echo --udp): --connections flows of --pipeline datagrams in "
-        "flight; reports loss, duplicates and reordering",
+        help="UDP echo (trio-echo --udp), in any mode above but --connect-only: each "
+        "connection a flow of datagrams; reports loss, duplicates and reordering",
     )  # fmt: skip
     run = parser.add_argument_group("how much")
     run.add_argument("--size", type=SIZE, default=64, help="bytes per message (default 64)")
@@ -152,6 +152,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             cafile=args.cafile,
             insecure=args.insecure,
             send_proxy=args.send_proxy,
+            udp=args.udp,
         )
     except (ValueError, TypeError) as exc:
         message = str(exc)
@@ -163,10 +164,6 @@ def main(argv: Sequence[str]) -> int:
     """Run ``trio-echo bench`` with *argv* (the arguments after ``bench``)."""
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    if args.udp:
-        from .udp_cli import run_udp
-
-        return run_udp(parser, args)
     config = config_from_args(parser, args)
     if config.tls:
         from .connect import tls_context
@@ -256,6 +253,9 @@ async def _run(config: BenchConfig, as_json: bool, hgrm: TextIO | None) -> int:
     if result.failure is not None:
         print(f"trio-echo bench: {result.failure}", file=sys.stderr)
     elif not result.ok:
-        what = "connection" if config.connect_only else "round trip"
-        print(f"trio-echo bench: no {what} completed", file=sys.stderr)
+        if config.udp:
+            print("trio-echo bench: no datagram was echoed", file=sys.stderr)
+        else:
+            what = "connection" if config.connect_only else "round trip"
+            print(f"trio-echo bench: no {what} completed", file=sys.stderr)
     return 0 if result.ok else EXIT_FAILED

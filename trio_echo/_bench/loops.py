@@ -23,12 +23,14 @@ from .meter import Clock, Meter
 from .pattern import MAX_CHUNK, Verifier
 
 __all__ = [
+    "Pace",
     "Progress",
     "ServerClosed",
     "closed_error",
     "finish",
     "paced_stream",
     "side_by_side",
+    "sleep_until",
 ]
 
 #: After the last echo: how long the server may take to close after our EOF.
@@ -84,7 +86,7 @@ async def side_by_side(*tasks: Callable[[trio.CancelScope], Awaitable[None]]) ->
         raise failures[0]
 
 
-async def _sleep_until(due: int, clock: Clock) -> None:
+async def sleep_until(due: int, clock: Clock) -> None:
     """Return at clock reading *due* (ns), or at once if it has passed.
 
     trio sleeps on epoll's millisecond timeouts, so a message would leave up
@@ -101,6 +103,34 @@ async def _sleep_until(due: int, clock: Clock) -> None:
         await trio.sleep(early / 1e9)
     while clock() < due:
         await trio.lowlevel.checkpoint()
+
+
+class Pace:
+    """The send times of a paced sender: one message due every *period* ns
+    from *first* (a clock reading).
+
+    Open loop: a message's latency counts from its due time, and a sender
+    that fell behind sends what it owes at once.  Ping (not *open_loop*): from
+    the send itself, and a sender that fell behind skips to the next due time
+    rather than send two at once.
+    """
+
+    def __init__(self, first: int, period: int, *, open_loop: bool) -> None:
+        self.first = first
+        self.period = period
+        self.open_loop = open_loop
+        #: When the next message is due.
+        self.due = first
+
+    async def next(self, clock: Clock) -> int:
+        """Wait until the next message is due; return the time its latency counts from."""
+        await sleep_until(self.due, clock)
+        start = self.due if self.open_loop else clock()
+        self.due += self.period
+        if not self.open_loop and clock() > self.due:
+            first, period = self.first, self.period
+            self.due = first + period * math.ceil((clock() - first) / period)
+        return start
 
 
 async def paced_stream(
@@ -128,24 +158,15 @@ async def paced_stream(
     clock = meter.clock
     sent_at: deque[int] = deque()
     permits = trio.Semaphore(in_flight or 1)
+    pace = None if period is None else Pace(first, period, open_loop=in_flight is None)
     sending_done = False
 
     async def send(pair: trio.CancelScope) -> None:
         nonlocal sending_done
-        due = first
         while True:
             if in_flight is not None:
                 await permits.acquire()
-            if period is not None:
-                await _sleep_until(due, clock)
-                # Open loop counts from the due time; ping from the send.
-                start = due if in_flight is None else clock()
-                due += period
-                # Ping keeps its schedule but never sends two at once.
-                if in_flight is not None and clock() > due:
-                    due = first + period * math.ceil((clock() - first) / period)
-            else:
-                start = clock()
+            start = clock() if pace is None else await pace.next(clock)
             if not meter.take(start):
                 break
             if not sent_at:

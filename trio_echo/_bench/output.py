@@ -39,12 +39,19 @@ def _latencies(summary: LatencySummary) -> str:
     )
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
 def summary(result: BenchResult) -> str:
     """The human summary of *result*, several lines, no trailing newline."""
+    udp = result.udp
+    mode = _MODES[result.mode] if udp is None else f"UDP {_MODES[result.mode]}"
     lines = [
-        f"--- {result.address} trio-echo bench: {_MODES[result.mode]}, "
-        f"{result.connections} connection{'s' if result.connections != 1 else ''}, "
-        f"{result.size}-byte messages, {result.seconds:.2f} s measured ---"
+        f"--- {result.address} trio-echo bench: {mode}, "
+        f"{_plural(result.connections, 'connection' if udp is None else 'flow')}, "
+        f"{result.size}-byte {'messages' if udp is None else 'datagrams'}, "
+        f"{result.seconds:.2f} s measured ---"
     ]
     if result.mode == "connect":
         lines.append(f"connections  {result.connects:,} ({result.rate:,.1f}/s)")
@@ -55,6 +62,12 @@ def summary(result: BenchResult) -> str:
             f"{result.bytes:,} bytes echoed and verified"
         )
         lines.append(f"latency      {_latencies(result.latency)}")
+    if udp is not None:
+        loss = udp.lost / udp.sent * 100 if udp.sent else 0.0
+        lines.append(
+            f"datagrams    {udp.sent:,} sent, {udp.lost:,} lost ({loss:.2f} %, "
+            f"{udp.late:,} late), {udp.duplicates:,} duplicated, {udp.reordered:,} reordered"
+        )
     lines.append(f"connect      {_latencies(result.connect)}, {result.connects:,} made")
     errors = ", ".join(f"{kind} {count}" for kind, count in sorted(result.errors.items()))
     lines.append(f"errors       {errors or 'none'}")

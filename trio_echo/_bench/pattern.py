@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final, NoReturn
 
-__all__ = ["EchoMismatch", "Pattern", "Verifier"]
+__all__ = ["EchoMismatch", "Pattern", "Verifier", "show_byte"]
 
 #: Printable ASCII without the space: readable in a packet capture or a terminal.
 ALPHABET: Final = bytes(range(33, 127))
@@ -80,7 +80,8 @@ class Pattern:
         return (connection * _STRIDE % self.messages) * self.size
 
 
-def _show(byte: int) -> str:
+def show_byte(byte: int) -> str:
+    """*byte* as a mismatch line shows it: ``0x41 (A)``, ``0x0a ('\\n')``."""
     shown = chr(byte) if 32 < byte < 127 else repr(chr(byte))[1:-1]
     return f"0x{byte:02x} ({shown})" if 32 < byte < 127 else f"0x{byte:02x} ('{shown}')"
 
@@ -155,11 +156,11 @@ class Verifier:
         if index < allowed:
             raise EchoMismatch(
                 f"connection {self.connection}: byte {self.received + index}: "
-                f"expected {_show(expected[index])}, received {_show(data[index])}"
+                f"expected {show_byte(expected[index])}, received {show_byte(data[index])}"
             )
         raise EchoMismatch(
             f"connection {self.connection}: byte {self.sent}: expected no byte "
-            f"(only {self.sent} sent), received {_show(data[allowed])}"
+            f"(only {self.sent} sent), received {show_byte(data[allowed])}"
         )
 
     @property

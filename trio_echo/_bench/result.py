@@ -10,7 +10,7 @@ import attrs
 
 from .histogram import Histogram
 
-__all__ = ["BenchResult", "LatencySummary"]
+__all__ = ["BenchResult", "DatagramCounts", "LatencySummary"]
 
 
 @attrs.frozen(kw_only=True)
@@ -35,6 +35,22 @@ class LatencySummary:
         return cls(min=us(0), p50=us(50), p90=us(90), p99=us(99), p999=us(99.9), max=us(100))
 
 
+@attrs.frozen(kw_only=True)
+class DatagramCounts:
+    """What a UDP run adds: its datagrams, over every flow, sent within the
+    measured part of the run (an echo is a round trip of :class:`BenchResult`)."""
+
+    sent: int
+    lost: int
+    """No echo within ``timeout`` (late ones included)."""
+    late: int
+    """Of the lost, those whose echo came after the timeout after all."""
+    duplicates: int
+    """Echoes of a datagram already echoed."""
+    reordered: int
+    """Echoes that came after the echo of a datagram sent later."""
+
+
 def _frozen_counts(value: Mapping[str, int]) -> Mapping[str, int]:
     return MappingProxyType(dict(value))
 
@@ -51,9 +67,9 @@ class BenchResult:
     mode: str
     """``closed``, ``open``, ``ping`` or ``connect``."""
     connections: int
-    """Connections asked for."""
+    """Connections asked for (UDP: flows, one socket each)."""
     size: int
-    """Bytes per message."""
+    """Bytes per message (UDP: per datagram)."""
     seconds: float
     """Length of the measured part of the run."""
     round_trips: int
@@ -65,17 +81,21 @@ class BenchResult:
     latency: LatencySummary
     """Round-trip latency (open loop: from each message's intended send time)."""
     connect: LatencySummary
-    """Connect latency (TCP connect, plus the TLS handshake with TLS)."""
+    """Connect latency (TCP connect, plus the TLS handshake with TLS; UDP:
+    the ``connect()`` call, which only sets the peer)."""
     errors: Mapping[str, int] = attrs.field(converter=_frozen_counts)
-    """Connections that failed, by kind: ``connect``, ``closed`` (the server
-    closed with echoes outstanding), ``reset``, ``timeout``, ``tls``,
-    ``mismatch`` (a wrong, missing or extra byte)."""
+    """Connections (UDP: flows) that failed, by kind: ``connect``, ``closed``
+    (the server closed with echoes outstanding), ``reset``, ``timeout``,
+    ``tls``, ``refused`` (UDP: an ICMP error after echoes came), ``mismatch``
+    (a wrong, missing or extra byte)."""
     failure: str | None = None
     """The first failure in one line (a mismatch names connection, offset and bytes)."""
     histogram: Histogram = attrs.field(eq=False, repr=False)
     """Every measured round trip, in nanoseconds."""
     connect_histogram: Histogram = attrs.field(eq=False, repr=False)
     """Every connect measured, in nanoseconds."""
+    udp: DatagramCounts | None = None
+    """The datagram counts of a UDP run (``None`` for a stream)."""
 
     @property
     def rate(self) -> float:
@@ -106,4 +126,5 @@ class BenchResult:
             "connect_us": attrs.asdict(self.connect),
             "errors": dict(self.errors),
             "failure": self.failure,
+            "udp": None if self.udp is None else attrs.asdict(self.udp),
         }

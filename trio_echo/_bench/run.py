@@ -19,7 +19,8 @@ from .loops import Progress, ServerClosed, finish, paced_stream
 from .meter import Clock, Meter
 from .multiplex import closed_loop_multiplexed
 from .pattern import EchoMismatch, Pattern, Verifier
-from .result import BenchResult, LatencySummary
+from .result import BenchResult, DatagramCounts, LatencySummary
+from .udp import UDPUnreachable, udp_flows
 
 __all__ = ["OnProgress", "OnRoundTrip", "ServerUnreachable", "bench"]
 
@@ -78,12 +79,15 @@ class _Run:
         )
         address = config.address
         self.server_hostname = address.host if isinstance(address, TCPAddress) else None
-        self.pattern = None if config.connect_only else Pattern(config.size)
+        self.pattern = None if config.connect_only or config.udp else Pattern(config.size)
         #: What the watchdog looks at: each echoing connection's stream and its scope.
         self.watched: list[tuple[Verifier, Progress, trio.CancelScope]] = []
         self.timed_out: set[int] = set()
         #: Stopped early (``stop`` set): the end is fixed.
         self.stopped = False
+        #: UDP: the datagram counts, or why the server is unreachable.
+        self.datagrams: DatagramCounts | None = None
+        self.unreachable: str | None = None
 
     async def first(self, endpoints: list[Endpoint]) -> _Opened:
         """The first connection, to the first endpoint that answers; :exc:`ServerUnreachable`
@@ -247,6 +251,15 @@ class _Run:
             for _, each in opened:
                 each.sock.close()
 
+    async def udp(self, endpoint: Endpoint) -> None:
+        """UDP flows to *endpoint* (:mod:`.udp`); an unreachable server is
+        noted in :attr:`unreachable`, not raised."""
+        try:
+            self.datagrams = await udp_flows(self.config, self.meter, endpoint)
+        except (UDPUnreachable, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.unreachable = f"cannot reach {self.config.address} over UDP: {reason}"
+
     async def watchdog(self) -> None:
         """Cancel each connection whose echo is outstanding for longer than ``timeout``."""
         limit = round(self.config.timeout * 1e9)
@@ -278,6 +291,11 @@ async def bench(
     first wrong, missing or extra byte stops the whole run, with its one line
     in :attr:`BenchResult.failure`.  Nothing is raised for either.
 
+    With ``udp``, each connection is a flow of datagrams (:mod:`.udp`): no
+    connection is made first, an ICMP error before any echo raises
+    :exc:`ServerUnreachable`, and :attr:`BenchResult.udp` counts the
+    datagrams sent, lost, late, duplicated and reordered.
+
     *on_round_trip* and *on_progress* (every 0.5 s) report as the run goes;
     setting *stop* ends the run early, as if its duration had passed.  *clock*
     (nanoseconds) is :func:`time.perf_counter_ns`; tests pass trio's virtual
@@ -292,12 +310,15 @@ async def bench(
         raise ServerUnreachable(f"cannot connect to {config.address}: {_reason(exc)}") from None
     started = clock()
     run.start_window(started)
-    # The first connect is measured whatever the warm-up: it is also the reachability check.
-    measure_from, meter.measure_from = meter.measure_from, started
-    if config.connect_only:
-        meter.take(started)
-    first = await run.first(endpoints)
-    meter.measure_from = measure_from
+    first: _Opened | None = None
+    if not config.udp:
+        # The first connect is measured whatever the warm-up: it is also the
+        # reachability check (UDP has none: an ICMP error answers the first datagrams).
+        measure_from, meter.measure_from = meter.measure_from, started
+        if config.connect_only:
+            meter.take(started)
+        first = await run.first(endpoints)
+        meter.measure_from = measure_from
 
     async def report() -> None:
         assert on_progress is not None
@@ -322,7 +343,10 @@ async def bench(
                 helpers.start_soon(report)
             if stop is not None:
                 helpers.start_soon(stopper)
-            if run.multiplexed:
+            if config.udp:
+                await run.udp(endpoints[0])
+            elif run.multiplexed:
+                assert first is not None
                 await run.multiplex(first)
             else:
                 async with trio.open_nursery() as nursery:
@@ -330,6 +354,8 @@ async def bench(
                         opened = first if number == 0 else None
                         nursery.start_soon(run.connection, number, opened, stop_scope)
             helpers.cancel_scope.cancel()
+    if run.unreachable is not None:
+        raise ServerUnreachable(run.unreachable)
     end = clock()
     if meter.remaining <= 0 and meter.last:
         end = meter.last
@@ -349,4 +375,5 @@ async def bench(
         failure=meter.failure,
         histogram=meter.histogram,
         connect_histogram=meter.connect_histogram,
+        udp=run.datagrams,
     )

@@ -1,231 +1,253 @@
-"""``trio-echo bench --udp``: datagrams in flight per flow; latency, loss, duplicates, reordering.
+"""``trio-echo bench --udp``: flows of datagrams, every echo verified and timed.
 
-Each flow is one UDP socket connected to the server, keeping ``--pipeline``
-datagrams in flight (a closed loop).  A datagram carries its flow's sequence
-number and a fixed pattern, so every echo is checked byte for byte.  An echo
-whose number is still outstanding is counted (and timed) once; one that
-arrives after a higher number is also *reordered*; one already answered is a
-*duplicate*; a datagram without an echo within ``--timeout`` is *lost* (and
-*late* if its echo comes after all).  The run stops after ``--count`` echoes,
-``--duration`` or Ctrl-C, then waits up to ``--timeout`` for the echoes still
-outstanding.
+Each flow is one UDP socket connected to the server, run in the same modes
+as a stream connection: the closed loop keeps ``pipeline`` datagrams in
+flight, the open loop sends ``rate`` datagrams per second over all flows
+(latency from each one's due time), ping sends one every ``interval``.
+A datagram carries its flow's number and its sequence number, then a fixed
+pattern, so every echo is checked byte for byte against what was sent.
+
+An echo of a datagram still outstanding is a round trip; one that arrives
+after the echo of a later datagram is also *reordered*; one already answered
+is a *duplicate*; a datagram without an echo within ``timeout`` is *lost*
+(*late* if its echo comes after all), and in the closed loop and ping its
+slot goes to the next datagram.  Loss is a measurement, not an error.
+
+Errors: the first echo that differs from every datagram sent stops the run
+(``mismatch``, one line naming the flow, the datagram and the byte).  An
+ICMP error (port unreachable: "Connection refused") before any echo came
+makes the server unreachable; after, it ends that flow, counted by kind
+(``refused``).  Cancellation ends every flow at once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import socket
 import struct
-import time
-from collections import deque
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
-import attrs
 import trio
 
-from .address import TCPAddress
-from .histogram import Histogram
-from .result import LatencySummary
+from .config import UDP_HEADER_SIZE, BenchConfig
+from .connect import Endpoint
+from .loops import Pace, side_by_side
+from .meter import Meter
+from .pattern import EchoMismatch, show_byte
+from .result import DatagramCounts
 
-__all__ = ["HEADER_SIZE", "UDPResult", "udp_bench", "udp_summary"]
+__all__ = ["UDPUnreachable", "udp_flows"]
 
-# Sequence number and flow number, then the pattern.
-_HEADER: Final = struct.Struct("!QI")
-HEADER_SIZE: Final = _HEADER.size
+# Flow number and sequence number (from 1), then the pattern.
+_HEADER: Final = struct.Struct("!IQ")
+assert _HEADER.size == UDP_HEADER_SIZE
 _PATTERN: Final = 0xA5
-
 # Sequence numbers declared lost that a late echo is still recognised for.
-_LATE_MEMORY: Final = 65536
+LATE_MEMORY: Final = 65536
 
 
-@attrs.frozen(kw_only=True)
-class UDPResult:
-    """What a UDP run measured (counts over every flow)."""
-
-    address: str
-    flows: int
-    size: int
-    seconds: float
-    sent: int
-    echoed: int
-    """Datagrams echoed (first copies, each timed)."""
-    lost: int
-    """Datagrams with no echo within the timeout (late ones included)."""
-    late: int
-    """Of the lost, those whose echo came after the timeout."""
-    duplicates: int
-    reordered: int
-    corrupted: int
-    """Echoes that differ from what was sent (or come from nowhere)."""
-    latency: LatencySummary
-
-    @property
-    def ok(self) -> bool:
-        """At least one echo, and none corrupted."""
-        return self.echoed > 0 and self.corrupted == 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mode": "udp", **attrs.asdict(self)}
+class UDPUnreachable(Exception):
+    """An ICMP error came back before any echo did (one line: the reason)."""
 
 
-class _Flow:
+class _Counts:
+    """:class:`~.result.DatagramCounts` as the flows build them."""
+
+    def __init__(self) -> None:
+        self.sent = self.lost = self.late = self.duplicates = self.reordered = 0
+        #: Echoes of outstanding datagrams, measured or not (reachability).
+        self.echoed = 0
+
+    def frozen(self) -> DatagramCounts:
+        return DatagramCounts(
+            sent=self.sent,
+            lost=self.lost,
+            late=self.late,
+            duplicates=self.duplicates,
+            reordered=self.reordered,
+        )
+
+
+class Flow:
+    """One flow's datagrams: what was sent, what is outstanding (sans-IO)."""
+
     def __init__(self, number: int, size: int) -> None:
         self.number = number
         self.size = size
+        self._filler = bytes([_PATTERN]) * (size - UDP_HEADER_SIZE)
+        #: The next sequence number to send.
         self.next = 1
+        #: Outstanding datagrams, oldest first: sequence number to start time (ns).
         self.outstanding: dict[int, int] = {}
-        self.expired: deque[int] = deque(maxlen=_LATE_MEMORY)
+        #: Recently lost datagrams, oldest first (a set with an order, bounded).
+        self.expired: dict[int, None] = {}
         self.highest = 0
+        #: The first sequence number sent in the measured window (0: none yet).
+        self.first_measured = 0
 
     def datagram(self, sequence: int) -> bytes:
-        header = _HEADER.pack(sequence, self.number)
-        return header + bytes([_PATTERN]) * (self.size - HEADER_SIZE)
+        return _HEADER.pack(self.number, sequence) + self._filler
 
+    def measured(self, sequence: int) -> bool:
+        return 0 < self.first_measured <= sequence
 
-class _Totals:
-    def __init__(self) -> None:
-        self.sent = self.echoed = self.lost = self.late = 0
-        self.duplicates = self.reordered = self.corrupted = 0
-        self.histogram = Histogram()
-
-
-async def udp_bench(
-    address: TCPAddress,
-    *,
-    flows: int,
-    window: int,
-    size: int,
-    count: int | None,
-    duration: float | None,
-    timeout: float,  # noqa: ASYNC109 -- a per-datagram deadline, not the call's
-    stop: trio.Event,
-) -> UDPResult:
-    """Run the UDP closed loop against *address* (see the module docstring).
-
-    Raises:
-      OSError: the address does not resolve, or a socket cannot be made.
-    """
-    infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_DGRAM)
-    family, _, _, _, sockaddr = infos[0]
-    totals = _Totals()
-    start = time.monotonic()
-    deadline = math.inf if duration is None else start + duration
-
-    def finished() -> bool:
+    def difference(self, data: bytes) -> str | None:
+        """``None`` if *data* is the echo of a datagram this flow sent, else
+        the one line that says where it differs."""
+        if len(data) != self.size:
+            number, size = self.number, self.size
+            return f"flow {number}: an echo of {len(data)} bytes; each datagram has {size}"
+        number, sequence = _HEADER.unpack_from(data)
+        known = number == self.number and 0 < sequence < self.next
+        if known and data == self.datagram(sequence):
+            return None
+        # A damaged header: compare with the datagram most likely meant.
+        if not known:
+            sequence = next(iter(self.outstanding), max(1, self.next - 1))
+        expected = self.datagram(sequence)
+        index = next(i for i in range(self.size) if expected[i] != data[i])
         return (
-            stop.is_set()
-            or time.monotonic() >= deadline
-            or (count is not None and totals.echoed >= count)
+            f"flow {self.number}: datagram {sequence}: byte {index}: "
+            f"expected {show_byte(expected[index])}, received {show_byte(data[index])}"
         )
 
-    async def run_flow(number: int) -> None:
-        flow = _Flow(number, size)
+    def expire(self, before: int) -> list[int]:
+        """Declare lost each datagram started before *before* (ns); return their numbers."""
+        lost = [sequence for sequence, start in self.outstanding.items() if start < before]
+        for sequence in lost:
+            del self.outstanding[sequence]
+            self.expired[sequence] = None
+            if len(self.expired) > LATE_MEMORY:
+                del self.expired[next(iter(self.expired))]
+        return lost
+
+
+async def udp_flows(config: BenchConfig, meter: Meter, endpoint: Endpoint) -> DatagramCounts:
+    """Run ``config.connections`` flows against *endpoint* until the run stops
+    or its budget is spent, then wait (at most ``timeout``) for the echoes
+    outstanding.  Records round trips in *meter*; returns the datagram counts.
+
+    Raises :exc:`UDPUnreachable` (see the module docstring) and :exc:`OSError`
+    when a socket cannot be made.
+    """
+    counts = _Counts()
+    family, sockaddr = endpoint
+    unreachable: list[str] = []
+
+    async def flow(number: int, run: trio.CancelScope) -> None:
         with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+            started = meter.clock()
             await sock.connect(sockaddr)
-            for _ in range(window):
-                await _send(sock, flow, totals)
-            drain_until = math.inf
-            while flow.outstanding or not finished():
-                if finished() and drain_until == math.inf:
-                    drain_until = time.monotonic() + timeout
-                now = time.monotonic()
-                oldest = min(flow.outstanding.values(), default=0) / 1e9
-                wake = min(oldest + timeout if flow.outstanding else now + timeout, drain_until)
-                with trio.move_on_after(max(0.0, wake - now)):
-                    data = await sock.recv(size + 1)
-                    if _received(data, flow, totals) and not finished():
-                        await _send(sock, flow, totals)
-                    continue
-                lost = _expire(flow, totals, time.monotonic_ns() - int(timeout * 1e9))
-                if time.monotonic() >= drain_until:
-                    totals.lost += len(flow.outstanding)
-                    flow.outstanding.clear()
-                    return
-                for _ in range(lost if not finished() else 0):
-                    await _send(sock, flow, totals)
+            meter.connect_histogram.record(meter.clock() - started)
+            meter.connects += 1
+            try:
+                await _echo(sock, Flow(number, config.size), config, meter, counts)
+            except EchoMismatch as exc:
+                meter.error("mismatch", str(exc))
+                run.cancel()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                if not counts.echoed:
+                    unreachable.append(reason)
+                    run.cancel()
+                else:
+                    kind = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
+                    meter.error(kind, f"flow {number}: {reason}")
 
     async with trio.open_nursery() as nursery:
-        for number in range(flows):
-            nursery.start_soon(run_flow, number)
-    seconds = time.monotonic() - start
-    return UDPResult(
-        address=str(address),
-        flows=flows,
-        size=size,
-        seconds=round(seconds, 3),
-        sent=totals.sent,
-        echoed=totals.echoed,
-        lost=totals.lost,
-        late=totals.late,
-        duplicates=totals.duplicates,
-        reordered=totals.reordered,
-        corrupted=totals.corrupted,
-        latency=LatencySummary.of(totals.histogram),
-    )
+        for number in range(config.connections):
+            nursery.start_soon(flow, number, nursery.cancel_scope)
+    if unreachable:
+        raise UDPUnreachable(unreachable[0])
+    return counts.frozen()
 
 
-async def _send(sock: trio.socket.SocketType, flow: _Flow, totals: _Totals) -> None:
-    sequence = flow.next
-    flow.next += 1
-    flow.outstanding[sequence] = time.monotonic_ns()
-    totals.sent += 1
-    # An ICMP error from an earlier datagram: this one still went, or is lost.
-    with contextlib.suppress(ConnectionRefusedError):
-        await sock.send(flow.datagram(sequence))
+async def _echo(
+    sock: trio.socket.SocketType, flow: Flow, config: BenchConfig, meter: Meter, counts: _Counts
+) -> None:
+    """One flow's sender and receiver (see the module docstring)."""
+    clock = meter.clock
+    timeout_ns = round(config.timeout * 1e9)
+    in_flight = None if config.rate is not None else 1 if config.interval else config.pipeline
+    permits = trio.Semaphore(in_flight or 1)
+    pace = _pace(config, meter, flow.number)
+    on_round_trip: Callable[[int, int], None] | None = meter.on_round_trip
+    sending_done = False
+
+    async def send(pair: trio.CancelScope) -> None:
+        nonlocal sending_done
+        while True:
+            if in_flight is not None:
+                await permits.acquire()
+            start = clock() if pace is None else await pace.next(clock)
+            if not meter.take(start):
+                break
+            sequence = flow.next
+            flow.next += 1
+            if start >= meter.measure_from:
+                flow.first_measured = flow.first_measured or sequence
+                counts.sent += 1
+            flow.outstanding[sequence] = start
+            await sock.send(flow.datagram(sequence))
+        sending_done = True
+        if not flow.outstanding:
+            pair.cancel()
+
+    async def receive(pair: trio.CancelScope) -> None:
+        while not (sending_done and not flow.outstanding):
+            # Wake when the oldest datagram outstanding is due to be lost.
+            oldest = next(iter(flow.outstanding.values()), None)
+            wait = config.timeout if oldest is None else (oldest + timeout_ns - clock()) / 1e9
+            with trio.move_on_after(max(0.0, wait)):
+                data = await sock.recv(config.size + 1)
+                now = clock()
+                if (line := flow.difference(data)) is not None:
+                    raise EchoMismatch(line)
+                sequence = _HEADER.unpack_from(data)[1]
+                start = flow.outstanding.pop(sequence, None)
+                if start is None:
+                    _echoed_again(flow, sequence, counts)
+                    continue
+                counts.echoed += 1
+                if in_flight is not None:
+                    permits.release()
+                if sequence < flow.highest and flow.measured(sequence):
+                    counts.reordered += 1
+                flow.highest = max(flow.highest, sequence)
+                if start >= meter.measure_from:
+                    meter.histogram.record(now - start)
+                    meter.round_trips += 1
+                    meter.bytes += flow.size
+                    meter.last = now
+                    if on_round_trip is not None:
+                        on_round_trip(sequence - flow.first_measured + 1, now - start)
+                continue
+            lost = flow.expire(clock() - timeout_ns)
+            counts.lost += sum(map(flow.measured, lost))
+            if in_flight is not None:
+                for _ in lost:
+                    permits.release()
+        pair.cancel()
+
+    await side_by_side(send, receive)
 
 
-def _received(data: bytes, flow: _Flow, totals: _Totals) -> bool:
-    """Count one echo; whether it was the first echo of an outstanding datagram."""
-    if len(data) != flow.size:
-        totals.corrupted += 1
-        return False
-    sequence, number = _HEADER.unpack_from(data)
-    if number != flow.number or data != flow.datagram(sequence):
-        totals.corrupted += 1
-        return False
-    sent = flow.outstanding.pop(sequence, None)
-    if sent is None:
-        if sequence in flow.expired:
-            flow.expired.remove(sequence)
-            totals.late += 1
-        else:
-            totals.duplicates += 1
-        return False
-    totals.histogram.record(time.monotonic_ns() - sent)
-    totals.echoed += 1
-    if sequence < flow.highest:
-        totals.reordered += 1
-    flow.highest = max(flow.highest, sequence)
-    return True
+def _echoed_again(flow: Flow, sequence: int, counts: _Counts) -> None:
+    """Count the echo of a datagram no longer outstanding: late or a duplicate."""
+    if sequence in flow.expired:
+        del flow.expired[sequence]
+        counts.late += flow.measured(sequence)
+    else:
+        counts.duplicates += flow.measured(sequence)
 
 
-def _expire(flow: _Flow, totals: _Totals, before_ns: int) -> int:
-    """Declare lost every datagram sent before *before_ns*; how many that was."""
-    expired = [sequence for sequence, sent in flow.outstanding.items() if sent <= before_ns]
-    for sequence in expired:
-        del flow.outstanding[sequence]
-        flow.expired.append(sequence)
-    totals.lost += len(expired)
-    return len(expired)
-
-
-def udp_summary(result: UDPResult) -> str:
-    """The human-readable summary of a UDP run."""
-    rate = result.echoed / result.seconds if result.seconds else 0.0
-    lat = result.latency
-    loss = result.lost / result.sent * 100 if result.sent else 0.0
-    return "\n".join(
-        [
-            f"--- {result.address} trio-echo bench: UDP, {result.flows} flow(s), "
-            f"{result.size}-byte datagrams, {result.seconds:.2f} s ---",
-            f"echoes       {result.echoed:,} ({rate:,.1f}/s) of {result.sent:,} sent, "
-            "every byte verified",
-            f"latency      min {lat.min / 1000:.3f}  p50 {lat.p50 / 1000:.3f}  "
-            f"p90 {lat.p90 / 1000:.3f}  p99 {lat.p99 / 1000:.3f}  "
-            f"p99.9 {lat.p999 / 1000:.3f}  max {lat.max / 1000:.3f} ms",
-            f"loss         {result.lost:,} ({loss:.2f} %; {result.late:,} late)  "
-            f"duplicates {result.duplicates:,}  reordered {result.reordered:,}  "
-            f"corrupted {result.corrupted:,}",
-        ]
-    )
+def _pace(config: BenchConfig, meter: Meter, number: int) -> Pace | None:
+    """Flow *number*'s send times: open loop (flows take turns, together one
+    datagram per tick), ping, or none (closed loop)."""
+    if config.rate is not None:
+        tick = round(1e9 / config.rate)
+        start = meter.measure_from - round(config.warmup * 1e9)
+        return Pace(start + tick * number, tick * config.connections, open_loop=True)
+    if config.interval is not None:
+        return Pace(meter.clock(), round(config.interval * 1e9), open_loop=False)
+    return None
