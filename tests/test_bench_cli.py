@@ -5,6 +5,8 @@ an asyncio server (system tests)."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import shutil
 import socket
@@ -93,6 +95,33 @@ def bench(*arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[s
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def bench_on_a_terminal(*arguments: str) -> str:
+    """Run ``trio-echo bench`` with its stdout on a pseudo-terminal; what it wrote there."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [TRIO_ECHO, "bench", *arguments],
+            stdout=terminal,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(terminal)
+        written = b""
+        # Read until the process has exited and closed its end (EIO on Linux).
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            written += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    return written.decode()
 
 
 def free_port() -> int:
@@ -206,6 +235,36 @@ def test_against_trio_echo_with_every_output(echo_process: StartProcess, tmp_pat
     text = hgrm.read_text()
     assert text.startswith("       Value     Percentile TotalCount 1/(1-Percentile)\n\n")
     assert re.search(r"^ +\d+\.\d+ 1\.000000000000 +200$", text, re.M)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("udp", [[], ["--udp"]])
+def test_on_a_terminal_a_live_line_is_redrawn_then_cleared_for_the_summary(
+    udp: list[str], echo_process: StartProcess
+) -> None:
+    server = echo_process("--udp", "--udp-source-rate", "0", "--udp-global-rate", "0")
+    # The live line is drawn every 0.5 s: three times or so in 2 s.
+    written = bench_on_a_terminal(f"127.0.0.1:{server.port}", "--duration", "2s", *udp)
+    live, _, summary = written.rpartition("\r\x1b[K")
+    redraws = re.findall(
+        r"\r\x1b\[K +\d+\.\d s +[\d,]+ round trips +[\d,]+/s  p99 [\d.]+ ms", live
+    )
+    assert len(redraws) >= 2, written
+    assert redraws[0] + "".join(redraws[1:]) == live  # nothing else, no newline
+    assert summary.startswith("--- 127.0.0.1:")
+    assert "round trips  " in summary
+
+
+@pytest.mark.system
+def test_on_a_terminal_json_and_ping_have_no_live_line(echo_process: StartProcess) -> None:
+    server = echo_process()
+    address = f"127.0.0.1:{server.port}"
+    written = bench_on_a_terminal(address, "--duration", "1200ms", "--json")
+    assert "\r\x1b[K" not in written
+    assert json.loads(written)["round_trips"] > 0
+    pinged = bench_on_a_terminal(address, "--interval", "300ms", "--count", "4")
+    assert "\x1b[K" not in pinged
+    assert pinged.startswith("seq=1 bytes=64 time=")
 
 
 @pytest.mark.system
