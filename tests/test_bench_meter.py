@@ -1,4 +1,5 @@
-"""The budget of messages a run may send (trio_echo._bench.meter), without I/O."""
+"""What the connections of a run share (trio_echo._bench.meter), without I/O: the
+budget of messages and the round trips measured."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def test_the_warm_up_is_not_counted_and_the_stop_time_ends_everything() -> None:
 def test_take_is_allow_of_one() -> None:
     budget = meter(2)
     assert [budget.take(1), budget.take(1), budget.take(1)] == [True, True, False]
+
+
+def test_a_round_trip_counts_only_after_the_warm_up() -> None:
+    seen: list[tuple[int, int]] = []
+    figures = meter(None, measure_from=100)
+    figures.on_round_trip = lambda number, latency: seen.append((number, latency))
+    figures.round_trip(99, 150, 64)  # sent in the warm-up: verified, not measured
+    figures.round_trip(100, 130, 64)
+    figures.round_trip(110, 170, 64, number=7)  # UDP ping numbers by datagram
+    assert (figures.round_trips, figures.bytes, figures.last) == (2, 128, 170)
+    assert figures.histogram.total == 2
+    assert figures.histogram.percentile(100) == 60
+    assert seen == [(1, 30), (7, 60)]

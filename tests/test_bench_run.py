@@ -314,8 +314,12 @@ async def test_a_corrupting_server_fails_the_run_with_one_line(
         with trio.fail_after(10):
             result = await bench(config_for(port, count=10, **ECHO_MODES[mode]))
         nursery.cancel_scope.cancel()
-    assert result.errors == errors
     assert result.failure is not None
+    if mode == "open" and kind == "close" and result.errors == {"reset": 1}:
+        # The open loop does not wait for echoes: when the server closes with
+        # messages of ours still unread, its kernel sends a reset, not a FIN.
+        errors, line = {"reset": 1}, "connection 0: Connection reset by peer"
+    assert result.errors == errors
     assert len(result.failure.splitlines()) == 1
     assert re.match(line, result.failure), result.failure
     assert not result.ok

@@ -28,6 +28,7 @@ __all__ = [
     "ServerClosed",
     "closed_error",
     "finish",
+    "next_send",
     "paced_stream",
     "side_by_side",
     "sleep_until",
@@ -133,6 +134,16 @@ class Pace:
         return start
 
 
+async def next_send(meter: Meter, pace: Pace | None, permits: trio.Semaphore | None) -> int | None:
+    """Wait for a free slot among *permits* (none: no limit) and for *pace*'s
+    due time (none: at once); return the time the message's latency counts
+    from, or ``None`` when the run may send no more (stopped, budget spent)."""
+    if permits is not None:
+        await permits.acquire()
+    start = meter.clock() if pace is None else await pace.next(meter.clock)
+    return start if meter.take(start) else None
+
+
 async def paced_stream(
     stream: trio.abc.Stream,
     verifier: Verifier,
@@ -157,22 +168,28 @@ async def paced_stream(
     size = verifier.size
     clock = meter.clock
     sent_at: deque[int] = deque()
-    permits = trio.Semaphore(in_flight or 1)
+    permits = None if in_flight is None else trio.Semaphore(in_flight)
     pace = None if period is None else Pace(first, period, open_loop=in_flight is None)
     sending_done = False
+    reset: trio.BrokenResourceError | None = None
 
     async def send(pair: trio.CancelScope) -> None:
-        nonlocal sending_done
-        while True:
-            if in_flight is not None:
-                await permits.acquire()
-            start = clock() if pace is None else await pace.next(clock)
-            if not meter.take(start):
-                break
+        nonlocal sending_done, reset
+        while (start := await next_send(meter, pace, permits)) is not None:
             if not sent_at:
                 progress.at = clock()  # the watchdog counts from now, not the last echo
             sent_at.append(start)
-            await stream.send_all(verifier.next_message())
+            try:
+                await stream.send_all(verifier.next_message())
+            except trio.BrokenResourceError as exc:
+                # Closed or reset by the server: the receiver says which, from
+                # what it reads next (the last echoes, then EOF or the reset).
+                # A close that our own next send turned into a reset fails
+                # this send with EPIPE and still reads as closed; a reset this
+                # send reported first reads as EOF there, so it is passed on.
+                if _caused_by(exc, ConnectionResetError):
+                    reset = exc
+                break
         sending_done = True
         if not sent_at:
             pair.cancel()
@@ -181,25 +198,25 @@ async def paced_stream(
         while True:
             data = await stream.receive_some(MAX_CHUNK)
             if not data:
-                raise closed_error(verifier)
+                raise closed_error(verifier) if reset is None else reset
             completed = verifier.check(data)
             now = clock()
             progress.at = now
             for _ in range(completed):
-                started = sent_at.popleft()
-                if started >= meter.measure_from:
-                    meter.histogram.record(now - started)
-                    meter.round_trips += 1
-                    meter.bytes += size
-                    meter.last = now
-                    if meter.on_round_trip is not None:
-                        meter.on_round_trip(meter.round_trips, now - started)
-                if in_flight is not None:
+                meter.round_trip(sent_at.popleft(), now, size)
+                if permits is not None:
                     permits.release()
             if sending_done and not sent_at:
                 pair.cancel()
 
     await side_by_side(send, receive)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, kind):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None
 
 
 async def finish(stream: trio.abc.Stream, verifier: Verifier) -> None:

@@ -75,6 +75,19 @@ class Meter:
         self.remaining -= granted
         return granted
 
+    def round_trip(self, started: int, now: int, size: int, number: int = 0) -> None:
+        """Count a round trip of *size* bytes sent (open loop: due) at *started*
+        and back whole at *now*, if it is measured (sent after the warm-up);
+        ``on_round_trip`` gets *number*, or the count of round trips so far."""
+        if started < self.measure_from:
+            return
+        self.histogram.record(now - started)
+        self.round_trips += 1
+        self.bytes += size
+        self.last = now
+        if self.on_round_trip is not None:
+            self.on_round_trip(number or self.round_trips, now - started)
+
     def error(self, kind: str, line: str) -> None:
         """Count a failed connection; the first failure's *line* is kept."""
         self.errors[kind] += 1

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
 from typing import Final
 
 import trio
 
 from .config import UDP_HEADER_SIZE, BenchConfig
 from .connect import Endpoint
-from .loops import Pace, side_by_side
+from .loops import Pace, next_send, side_by_side
 from .meter import Meter
 from .pattern import EchoMismatch, show_byte
 from .result import DatagramCounts
@@ -169,19 +168,13 @@ async def _echo(
     clock = meter.clock
     timeout_ns = round(config.timeout * 1e9)
     in_flight = None if config.rate is not None else 1 if config.interval else config.pipeline
-    permits = trio.Semaphore(in_flight or 1)
+    permits = None if in_flight is None else trio.Semaphore(in_flight)
     pace = _pace(config, meter, flow.number)
-    on_round_trip: Callable[[int, int], None] | None = meter.on_round_trip
     sending_done = False
 
     async def send(pair: trio.CancelScope) -> None:
         nonlocal sending_done
-        while True:
-            if in_flight is not None:
-                await permits.acquire()
-            start = clock() if pace is None else await pace.next(clock)
-            if not meter.take(start):
-                break
+        while (start := await next_send(meter, pace, permits)) is not None:
             sequence = flow.next
             flow.next += 1
             if start >= meter.measure_from:
@@ -209,22 +202,18 @@ async def _echo(
                     _echoed_again(flow, sequence, counts)
                     continue
                 counts.echoed += 1
-                if in_flight is not None:
+                if permits is not None:
                     permits.release()
                 if sequence < flow.highest and flow.measured(sequence):
                     counts.reordered += 1
                 flow.highest = max(flow.highest, sequence)
-                if start >= meter.measure_from:
-                    meter.histogram.record(now - start)
-                    meter.round_trips += 1
-                    meter.bytes += flow.size
-                    meter.last = now
-                    if on_round_trip is not None:
-                        on_round_trip(sequence - flow.first_measured + 1, now - start)
+                # Ping lines number datagrams: a lost one leaves a gap.
+                number = sequence - flow.first_measured + 1
+                meter.round_trip(start, now, flow.size, number)
                 continue
             lost = flow.expire(clock() - timeout_ns)
             counts.lost += sum(map(flow.measured, lost))
-            if in_flight is not None:
+            if permits is not None:
                 for _ in lost:
                     permits.release()
         pair.cancel()
