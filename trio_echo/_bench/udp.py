@@ -134,13 +134,14 @@ async def udp_flows(config: BenchConfig, meter: Meter, endpoint: Endpoint) -> Da
     unreachable: list[str] = []
 
     async def flow(number: int, run: trio.CancelScope) -> None:
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        with socket.socket(family, socket.SOCK_DGRAM) as plain:
+            flow_run = _FlowRun(plain, Flow(number, config.size), config, meter, counts)
             started = meter.clock()
-            await sock.connect(sockaddr)
+            await flow_run.sock.connect(sockaddr)
             meter.connect_histogram.record(meter.clock() - started)
             meter.connects += 1
             try:
-                await _echo(sock, Flow(number, config.size), config, meter, counts)
+                await flow_run.run()
             except EchoMismatch as exc:
                 meter.error("mismatch", str(exc))
                 run.cancel()
@@ -161,64 +162,109 @@ async def udp_flows(config: BenchConfig, meter: Meter, endpoint: Endpoint) -> Da
     return counts.frozen()
 
 
-async def _echo(
-    sock: trio.socket.SocketType, flow: Flow, config: BenchConfig, meter: Meter, counts: _Counts
-) -> None:
-    """One flow's sender and receiver (see the module docstring)."""
-    clock = meter.clock
-    timeout_ns = round(config.timeout * 1e9)
-    in_flight = None if config.rate is not None else 1 if config.interval else config.pipeline
-    permits = None if in_flight is None else trio.Semaphore(in_flight)
-    pace = _pace(config, meter, flow.number)
-    sending_done = False
+class _FlowRun:
+    """One flow on its socket: sending the next datagram, taking in an echo,
+    declaring datagrams lost.  The closed loop runs in one task (an echo or a
+    loss frees the slot its replacement goes out in); the paced modes as a
+    sender and a receiver (see the module docstring)."""
 
-    async def send(pair: trio.CancelScope) -> None:
-        nonlocal sending_done
-        while (start := await next_send(meter, pace, permits)) is not None:
-            sequence = flow.next
-            flow.next += 1
-            if start >= meter.measure_from:
-                flow.first_measured = flow.first_measured or sequence
-                counts.sent += 1
-            flow.outstanding[sequence] = start
-            await sock.send(flow.datagram(sequence))
-        sending_done = True
-        if not flow.outstanding:
+    def __init__(
+        self, plain: socket.socket, flow: Flow, config: BenchConfig, meter: Meter, counts: _Counts
+    ) -> None:
+        self.plain = plain
+        self.sock = trio.socket.from_stdlib_socket(plain)
+        self.flow = flow
+        self.config = config
+        self.meter = meter
+        self.counts = counts
+        self.timeout_ns = round(config.timeout * 1e9)
+
+    async def run(self) -> None:
+        config, meter = self.config, self.meter
+        pace = _pace(config, meter, self.flow.number)
+        if pace is None:
+            await self._closed_loop()
+            return
+        permits = trio.Semaphore(1) if config.interval is not None else None
+        sending_done = False
+
+        async def send(pair: trio.CancelScope) -> None:
+            nonlocal sending_done
+            while (start := await next_send(meter, pace, permits)) is not None:
+                await self._send(start)
+            sending_done = True
+            if not self.flow.outstanding:
+                pair.cancel()
+
+        async def receive(pair: trio.CancelScope) -> None:
+            while not (sending_done and not self.flow.outstanding):
+                await trio.lowlevel.checkpoint()  # echoes may keep coming: let the sender run
+                freed = await self._receive()
+                if permits is not None:
+                    for _ in range(freed):
+                        permits.release()
             pair.cancel()
 
-    async def receive(pair: trio.CancelScope) -> None:
-        while not (sending_done and not flow.outstanding):
+        await side_by_side(send, receive)
+
+    async def _closed_loop(self) -> None:
+        clock, take = self.meter.clock, self.meter.take
+        freed = self.config.pipeline
+        while True:
+            sent = 0
+            while sent < freed and take(start := clock()):
+                await self._send(start)  # a trio send: a checkpoint
+                sent += 1
+            if not self.flow.outstanding:
+                return
+            if not sent:
+                # Draining, or a duplicate: let the other flows run all the same.
+                await trio.lowlevel.checkpoint()
+            freed = await self._receive()
+
+    async def _send(self, start: int) -> None:
+        flow, counts = self.flow, self.counts
+        sequence = flow.next
+        flow.next += 1
+        if start >= self.meter.measure_from:
+            flow.first_measured = flow.first_measured or sequence
+            counts.sent += 1
+        flow.outstanding[sequence] = start
+        await self.sock.send(flow.datagram(sequence))
+
+    async def _receive(self) -> int:
+        """Take in the next echo, or declare lost what is overdue; return the
+        number of slots freed (datagrams echoed or lost).  Raises
+        :exc:`EchoMismatch` for an echo that differs from every datagram sent."""
+        flow, clock = self.flow, self.meter.clock
+        try:
+            # Most echoes are waiting already: no cancel scope, no trio wait.
+            data = self.plain.recv(self.config.size + 1)
+        except BlockingIOError:
             # Wake when the oldest datagram outstanding is due to be lost.
             oldest = next(iter(flow.outstanding.values()), None)
-            wait = config.timeout if oldest is None else (oldest + timeout_ns - clock()) / 1e9
-            with trio.move_on_after(max(0.0, wait)):
-                data = await sock.recv(config.size + 1)
-                now = clock()
-                if (line := flow.difference(data)) is not None:
-                    raise EchoMismatch(line)
-                sequence = _HEADER.unpack_from(data)[1]
-                start = flow.outstanding.pop(sequence, None)
-                if start is None:
-                    _echoed_again(flow, sequence, counts)
-                    continue
-                counts.echoed += 1
-                if permits is not None:
-                    permits.release()
-                if sequence < flow.highest and flow.measured(sequence):
-                    counts.reordered += 1
-                flow.highest = max(flow.highest, sequence)
-                # Ping lines number datagrams: a lost one leaves a gap.
-                number = sequence - flow.first_measured + 1
-                meter.round_trip(start, now, flow.size, number)
-                continue
-            lost = flow.expire(clock() - timeout_ns)
-            counts.lost += sum(map(flow.measured, lost))
-            if permits is not None:
-                for _ in lost:
-                    permits.release()
-        pair.cancel()
-
-    await side_by_side(send, receive)
+            limit = self.timeout_ns if oldest is None else oldest + self.timeout_ns - clock()
+            with trio.move_on_after(max(0, limit) / 1e9):
+                await trio.lowlevel.wait_readable(self.plain)
+                return 0
+            lost = flow.expire(clock() - self.timeout_ns)
+            self.counts.lost += sum(map(flow.measured, lost))
+            return len(lost)
+        now = clock()
+        if (line := flow.difference(data)) is not None:
+            raise EchoMismatch(line)
+        sequence = _HEADER.unpack_from(data)[1]
+        start = flow.outstanding.pop(sequence, None)
+        if start is None:
+            _echoed_again(flow, sequence, self.counts)
+            return 0
+        self.counts.echoed += 1
+        if sequence < flow.highest and flow.measured(sequence):
+            self.counts.reordered += 1
+        flow.highest = max(flow.highest, sequence)
+        # Ping lines number datagrams: a lost one leaves a gap.
+        self.meter.round_trip(start, now, flow.size, sequence - flow.first_measured + 1)
+        return 1
 
 
 def _echoed_again(flow: Flow, sequence: int, counts: _Counts) -> None:
