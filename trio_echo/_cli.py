@@ -18,78 +18,40 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Literal, NoReturn
 
 import attrs
 
 from ._cli_faults import FAULT_OPTIONS, add_fault_options
-from ._cli_ops import Endpoint, add_operations_options, check_metrics_available
+from ._cli_ops import add_operations_options, check_metrics_available
 from ._cli_transports import (
     FIELD_OPTIONS,
     add_transport_options,
     check_transport_options,
     transport_config,
 )
-from ._cli_types import DESCRIPTOR, DURATION, POSITIVE_DURATION, RATE, SIZE
+from ._cli_types import DESCRIPTOR, DURATION, POSITIVE_DURATION, RATE, SIZE, Parser
 from ._config import FRAMINGS, ConnectionConfig, Faults, ListenerConfig, ServerConfig, TLSConfig
+from ._process_options import LogFormat, ProcessOptions
 from ._settings import arguments_from_environment, document_environment
 from ._sockets import has_reuseport
 from ._version import __version__
 
-__all__ = ["ProcessOptions", "build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main"]
 
-LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-EXIT_USAGE = 2
 
 #: --worker-timeout's default, in seconds: gunicorn's --timeout is 30; an echo
 #: worker's loop never blocks for long, so a third of that is ample.
 WORKER_TIMEOUT = 10.0
 
 
-@attrs.frozen(kw_only=True)
-class ProcessOptions:
-    """What the process needs besides the server's :class:`ServerConfig`."""
-
-    arguments: tuple[str, ...]
-    """The command line as given, repeated on the command lines of workers."""
-    workers: int
-    """Worker processes to run (1: serve in this process)."""
-    fds: tuple[int, ...] | None
-    """Descriptors named by ``--fd`` (``None``: systemd's, if any, else bind)."""
-    worker_of: tuple[int, int] | None
-    """For a worker: its supervisor's PID and its own number."""
-    stats_interval: float | None
-    """Seconds between ``stats`` log lines (``None``: none)."""
-    log_level: str
-    log_format: LogFormat
-    # ---- operations (issue 16) ----
-    metrics: Endpoint | None = None
-    """Where to serve /metrics, /healthz and /readyz (``--metrics``), or ``None``."""
-    stats_fd: int | None = None
-    """For a worker under a ``--metrics`` supervisor: the pipe for its reports."""
-    warnings: tuple[str, ...] = ()
-    """Unknown ``TRIO_ECHO_*`` variables, to log once logging is set up."""
-    worker_timeout: float | None = None
-    """``--workers``: seconds a worker may send no heartbeat before it is killed
-    and restarted (``None``: never)."""
-    heartbeat_fd: int | None = None
-    """For a worker: the pipe to send heartbeats on (set by the supervisor)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``trio-echo`` argument parser; defaults come from the config classes."""
     listener, connection = ListenerConfig(), ConnectionConfig()
     handshake = attrs.fields(TLSConfig).handshake_timeout.default
-    parser = _Parser(
+    parser = Parser(
         prog="trio-echo",
         description="A TCP echo server built on trio.  Durations take ms or s "
         "(500ms, 1.5s; a plain number is seconds); sizes take B, KiB, MiB or GiB "

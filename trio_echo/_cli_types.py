@@ -1,20 +1,23 @@
-"""Argument types for the command line: durations, sizes, rates, descriptors, networks.
+"""What both command lines (``trio-echo`` and ``trio-echo bench``) share: the
+parser class, and the argument types: durations, sizes, rates, descriptors, networks.
 
-Each is an argparse ``type`` whose error is one line saying what was expected,
-which argparse prints after the option's name.
+Each type is an argparse ``type`` whose error is one line saying what was
+expected, which argparse prints after the option's name.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from ._units import parse_duration, parse_rate, parse_size
 
 __all__ = [
     "DESCRIPTOR",
     "DURATION",
+    "EXIT_USAGE",
     "NETWORKS",
     "ORDINAL",
     "POSITIVE_DURATION",
@@ -22,10 +25,22 @@ __all__ = [
     "RATE",
     "SIZE",
     "TIMEOUT",
+    "Parser",
     "typed",
 ]
 
 T = TypeVar("T")
+
+#: The exit status of a usage error.
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage error is the usage, then one line, status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def typed(parse: Callable[[str], T], name: str) -> Callable[[str], T]:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._cli import ProcessOptions
 from ._cli_ops import Endpoint
 from ._config import Faults, ServerConfig
 from ._logs import event
+from ._process_options import ProcessOptions
 from ._server import EchoServer
 from ._settings import configuration_in_effect
 from ._startup import StartupError, describe

@@ -19,12 +19,12 @@ from typing import TypeVar, cast
 
 import trio
 
-from ._cli import ProcessOptions
 from ._config import ServerConfig
 from ._fdlimit import FD_RESERVE, raise_fd_limit
 from ._heartbeat import beat, send_heartbeats
 from ._logs import configure_logging, counters, event, report_startup_error, report_statistics
 from ._process_ops import ProcessOperations, log_configuration, reload_on_sighup, start_metrics
+from ._process_options import ProcessOptions
 from ._serve import serve
 from ._server import EchoServer
 from ._signals import dispatch_signals, shutdown_signals

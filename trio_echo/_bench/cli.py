@@ -19,8 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .._cli import _Parser
-from .._cli_types import SIZE, typed
+from .._cli_types import SIZE, Parser, typed
 from .._fdlimit import FD_RESERVE
 from .._units import parse_duration
 from .address import parse_address
@@ -63,7 +62,7 @@ def _rate(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``trio-echo bench`` argument parser."""
-    parser = _Parser(
+    parser = Parser(
         prog="trio-echo bench",
         description="Measure an echo server: round trips per second and latency, "
         "every echoed byte verified.  Durations take ms or s; sizes B, KiB or MiB.",
