@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ def test_a_datagram_is_its_flow_and_number_then_the_pattern() -> None:
     ("damage", "line"),
     [
         (lambda d: d[:-1], "flow 3: an echo of 19 bytes; each datagram has 20"),
+        # What the socket returns of a datagram too long: size + 1 bytes.
+        (lambda d: d + b"\x00", "flow 3: an echo of more than 20 bytes; each datagram has 20"),
         (lambda d: d[:15] + b"\x00" + d[16:], "flow 3: datagram 7: byte 15: expected 0xa5 "),
         # A header naming a datagram never sent: compared with the oldest outstanding.
         (lambda d: d[:11] + b"\x09" + d[12:], "flow 3: datagram 5: byte 11: expected 0x05 "),
@@ -246,6 +250,50 @@ def test_console_script_against_trio_echo_udp(echo_process: StartProcess, tmp_pa
     assert result["errors"] == {}
     assert result["udp"] == {"sent": 300, "lost": 0, "late": 0, "duplicates": 0, "reordered": 0}
     assert "Value     Percentile TotalCount 1/(1-Percentile)" in hgrm.read_text()
+
+
+def wait_bound_udp(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Wait (at most 10 s) until a UDP socket is bound to 127.0.0.1:*port*: a
+    datagram sent before would draw "port unreachable", as from a closed port."""
+    local = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open("/proc/net/udp") as table:
+            if any(line.split()[1] == local for line in list(table)[1:]):
+                return
+        assert process.poll() is None, "the UDP server exited"
+        # Bounded polling: nothing announces a UDP bind but the kernel's table.
+        time.sleep(0.01)
+    pytest.fail(f"nothing bound UDP port {port}")
+
+
+@pytest.mark.system
+def test_console_script_against_ncat_udp_echo() -> None:
+    if shutil.which("ncat") is None:
+        pytest.skip("ncat is not installed")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # ncat hands each datagram to cat through a pipe: one datagram in flight at a time.
+    ncat = subprocess.Popen(
+        ["ncat", "--udp", "-l", "-k", "127.0.0.1", str(port), "--exec", "/bin/cat"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_bound_udp(port, ncat)
+        done = subprocess.run(
+            [TRIO_ECHO, "bench", "--udp", f"127.0.0.1:{port}", "--count", "100", "--json",
+             "--timeout", "2s"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        ncat.kill()
+        ncat.wait()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["round_trips"] == 100
+    assert result["udp"]["lost"] == 0
 
 
 def test_console_script_pings_over_udp(echo_process: StartProcess) -> None:

@@ -94,8 +94,9 @@ class Flow:
         """``None`` if *data* is the echo of a datagram this flow sent, else
         the one line that says where it differs."""
         if len(data) != self.size:
-            number, size = self.number, self.size
-            return f"flow {number}: an echo of {len(data)} bytes; each datagram has {size}"
+            # Echoes are read into size + 1 bytes: a longer one shows as one byte too long.
+            length = f"more than {self.size}" if len(data) > self.size else str(len(data))
+            return f"flow {self.number}: an echo of {length} bytes; each datagram has {self.size}"
         number, sequence = _HEADER.unpack_from(data)
         known = number == self.number and 0 < sequence < self.next
         if known and data == self.datagram(sequence):
