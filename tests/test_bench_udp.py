@@ -70,6 +70,15 @@ def test_an_echo_that_was_never_sent_is_one_line(
     assert difference.startswith(line)
 
 
+def test_an_echo_before_anything_was_sent_is_one_line() -> None:
+    flow = Flow(0, 12)
+    assert flow.difference(flow.datagram(1)) == "flow 0: an echo before any datagram was sent"
+    flow.next = 4  # three sent, none outstanding: compared with the last one
+    difference = flow.difference(flow.datagram(9))
+    assert difference is not None
+    assert difference.startswith("flow 0: datagram 3: byte 11: expected 0x03 ")
+
+
 def test_expiry_remembers_a_bounded_number_of_lost_datagrams() -> None:
     flow = Flow(0, 12)
     flow.outstanding = {number: number for number in range(1, LATE_MEMORY + 11)}

@@ -103,7 +103,9 @@ class Flow:
             return None
         # A damaged header: compare with the datagram most likely meant.
         if not known:
-            sequence = next(iter(self.outstanding), max(1, self.next - 1))
+            if not self.outstanding and self.next == 1:
+                return f"flow {self.number}: an echo before any datagram was sent"
+            sequence = next(iter(self.outstanding), self.next - 1)
         expected = self.datagram(sequence)
         index = next(i for i in range(self.size) if expected[i] != data[i])
         return (
