@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from trio_echo import BenchConfig, BenchResult, Faults, ServerUnreachable, bench, parse_address
+from trio_echo._bench.loops import side_by_side
 from trio_echo.pytest_plugin import EchoServerFactory
 
 from .conftest import Certificates, reset_on_close, wait_until
@@ -374,3 +375,30 @@ async def test_progress_is_reported_every_half_second(
     assert [round(elapsed, 2) for elapsed, _, _ in seen[:3]] == [0.5, 1.0, 1.5]
     assert [trips for _, trips, _ in seen] == sorted(trips for _, trips, _ in seen)
     assert all(p99 == pytest.approx(10_000_000, rel=0.01) for _, _, p99 in seen[1:])
+
+
+# ---- the task pair of a paced connection (loops.side_by_side) ----
+
+
+async def test_side_by_side_raises_the_first_failure_itself_and_cancels_the_rest() -> None:
+    cancelled: list[str] = []
+
+    async def waits(pair: trio.CancelScope) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append("waits")
+
+    async def fails(pair: trio.CancelScope) -> None:
+        await trio.lowlevel.checkpoint()
+        raise ConnectionResetError("reset")
+
+    with pytest.raises(ConnectionResetError, match=r"^reset$"):  # not an exception group
+        await side_by_side(waits, fails)
+    assert cancelled == ["waits"]
+
+    async def done(pair: trio.CancelScope) -> None:
+        pair.cancel()  # the work is done: end the pair
+
+    await side_by_side(waits, done)
+    assert cancelled == ["waits", "waits"]
