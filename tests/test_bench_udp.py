@@ -6,8 +6,10 @@ all; real clock, small counts."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -284,10 +286,12 @@ def test_console_script_against_ncat_udp_echo() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # ncat hands each datagram to cat through a pipe: one datagram in flight at a time.
+    # It forks a child per peer, which outlives its parent: both go with their group.
     ncat = subprocess.Popen(
         ["ncat", "--udp", "-l", "-k", "127.0.0.1", str(port), "--exec", "/bin/cat"],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_bound_udp(port, ncat)
@@ -297,7 +301,7 @@ def test_console_script_against_ncat_udp_echo() -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     finally:
-        ncat.kill()
+        os.killpg(ncat.pid, signal.SIGKILL)  # the group this test made, ncat's own
         ncat.wait()
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
