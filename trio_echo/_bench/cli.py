@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("address", metavar="ADDRESS", help="HOST:PORT, [V6ADDR]:PORT or unix:PATH")
     mode = parser.add_argument_group("modes (default: closed loop, one message in flight)")
-    mode.add_argument("--connections", type=typed(_count, "count"), default=1, metavar="N")
+    mode.add_argument(
+        "--connections", type=typed(_count, "count"), default=1, metavar="N",
+        help="connections open at once (default 1)",
+    )  # fmt: skip
     mode.add_argument(
         "--pipeline", type=typed(_count, "count"), default=1, metavar="K",
         help="closed loop: messages in flight per connection (default 1)",
@@ -103,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument(
         "--count", type=typed(_count, "count"), metavar="N",
-        help="stop after N measured round trips (connect-only: connections)",
+        help="stop after N measured round trips (connect-only: connections; UDP: "
+        "datagrams sent)",
     )  # fmt: skip
     run.add_argument(
         "--warmup", type=_duration(True), default=0.0, metavar="D",
@@ -111,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument(
         "--timeout", type=_duration(False), default=10.0, metavar="D",
-        help="a connect, or an echo outstanding, fails after D (default 10s)",
+        help="a connect, or an echo outstanding, fails after D (UDP: the datagram is "
+        "lost) (default 10s)",
     )  # fmt: skip
     tls = parser.add_argument_group("TLS and PROXY protocol")
     tls.add_argument("--tls", action="store_true", help="speak TLS")
