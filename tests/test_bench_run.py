@@ -107,6 +107,21 @@ async def test_through_a_proxy_protocol_server(
     assert result.round_trips == 10
 
 
+@pytest.mark.parametrize(("version", "first"), [("v1", "0x50 (P)"), ("v2", "0x0d ('\\r')")])
+@pytest.mark.parametrize("mode", [{}, {"rate": 1000.0}])
+async def test_a_proxy_header_echoed_back_says_the_server_does_not_read_it(
+    echo_server_factory: EchoServerFactory, version: str, first: str, mode: dict[str, Any]
+) -> None:
+    server = await echo_server_factory()  # no PROXY protocol: the header is echoed
+    result = await bench(config_for(server.port, send_proxy=version, count=3, **mode))
+    assert result.errors == {"mismatch": 1}
+    assert result.failure is not None
+    assert result.failure.startswith("connection 0: byte 0: expected ")
+    assert result.failure.endswith(
+        f"received {first} (the server echoed the PROXY {version} header: it does not read it)"
+    )
+
+
 async def test_ping_reports_each_round_trip_in_order(
     echo_server_factory: EchoServerFactory,
 ) -> None:

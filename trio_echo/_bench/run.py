@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import time
@@ -32,6 +33,13 @@ OnProgress = Callable[[float, int, int], None]
 p99 (ns) of those measured since the previous call (0 if none)."""
 OnRoundTrip = Callable[[int, int], None]
 """Called with the sequence number (from 1) and latency (ns) of each measured round trip."""
+
+
+# A mismatch at the first byte, which is the first of the PROXY header sent.
+_PROXY_ECHOED: Final = {
+    "v1": r"connection \d+: byte 0: expected .*, received 0x50 \(P\)",
+    "v2": r"connection \d+: byte 0: expected .*, received 0x0d \('\\r'\)",
+}
 
 
 class ServerUnreachable(Exception):
@@ -149,7 +157,7 @@ class _Run:
                 finally:
                     opened.sock.close()
             except EchoMismatch as exc:
-                meter.error("mismatch", str(exc))
+                meter.error("mismatch", self.mismatch_line(exc))
                 stop.cancel()
             except ServerClosed as exc:
                 meter.error("closed", str(exc))
@@ -202,6 +210,16 @@ class _Run:
             )
         await finish(stream, verifier)
 
+    def mismatch_line(self, exc: EchoMismatch) -> str:
+        """The mismatch's one line; when the first byte back is the first of
+        the PROXY header sent, it says so: the server echoed the header, so it
+        does not read the PROXY protocol."""
+        line = str(exc)
+        version = self.config.send_proxy
+        if version is not None and re.fullmatch(_PROXY_ECHOED[version], line):
+            line += f" (the server echoed the PROXY {version} header: it does not read it)"
+        return line
+
     def start_window(self, now: int) -> None:
         """Start the run at *now*: the warm-up, then the measured window."""
         config, meter = self.config, self.meter
@@ -246,7 +264,7 @@ class _Run:
                 on_error=meter.error,
             )
         except EchoMismatch as exc:
-            meter.error("mismatch", str(exc))
+            meter.error("mismatch", self.mismatch_line(exc))
         finally:
             for _, each in opened:
                 each.sock.close()
