@@ -4,6 +4,7 @@ corrupt, in virtual time where timing matters."""
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ import trio
 import trio.testing
 
 from trio_echo import BenchConfig, BenchResult, Faults, ServerUnreachable, bench, parse_address
+from trio_echo._bench.connect import causes, error_kind, error_reason
 from trio_echo._bench.loops import side_by_side
 from trio_echo.pytest_plugin import EchoServerFactory
 
@@ -417,3 +419,29 @@ async def test_side_by_side_raises_the_first_failure_itself_and_cancels_the_rest
 
     await side_by_side(waits, done)
     assert cancelled == ["waits", "waits"]
+
+
+# ---- how a failure is named (connect.error_kind, connect.error_reason) ----
+
+
+def wrapped(cause: OSError) -> trio.BrokenResourceError:
+    """The error trio raises for *cause* on a stream."""
+    try:
+        raise trio.BrokenResourceError from cause
+    except trio.BrokenResourceError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("cause", "kind", "reason"),
+    [
+        (ConnectionResetError(errno.ECONNRESET, "x"), "reset", "Connection reset by peer"),
+        (BrokenPipeError(errno.EPIPE, "x"), "reset", "Broken pipe"),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "x"), "refused", "Connection refused"),
+    ],
+)
+def test_a_failure_is_named_through_trios_wrapping(cause: OSError, kind: str, reason: str) -> None:
+    for exc in (cause, wrapped(cause)):
+        assert error_kind(exc) == kind
+        assert error_reason(exc) == reason
+    assert list(causes(wrapped(cause)))[1] is cause

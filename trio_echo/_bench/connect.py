@@ -7,16 +7,26 @@ kind a failed connection is counted under.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import ssl
 import struct
+from collections.abc import Iterator
 from typing import Any, Final
 
 import trio
 
 from .address import TCPAddress, UnixAddress
 
-__all__ = ["error_kind", "open_socket", "proxy_header", "resolve", "tls_context"]
+__all__ = [
+    "causes",
+    "error_kind",
+    "error_reason",
+    "open_socket",
+    "proxy_header",
+    "resolve",
+    "tls_context",
+]
 
 Endpoint = tuple[int, Any]
 """An address family and a socket address to connect to."""
@@ -88,15 +98,37 @@ def tls_context(*, cafile: str | None, insecure: bool) -> ssl.SSLContext:
     return context
 
 
-def error_kind(exc: BaseException) -> str:
-    """The kind a connection that failed with *exc* is counted under."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """*exc*, then what caused it, and so on (trio wraps socket errors)."""
     cause: BaseException | None = exc
     while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def error_kind(exc: BaseException) -> str:
+    """The kind a connection that failed with *exc* is counted under
+    (``refused``: an ICMP error on a UDP flow)."""
+    for cause in causes(exc):
         if isinstance(cause, ssl.SSLError | ssl.CertificateError):
             return "tls"
         if isinstance(cause, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
             return "reset"
-        cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused"
     if isinstance(exc, trio.BrokenResourceError):
         return "reset"
     return "error"
+
+
+def error_reason(exc: BaseException) -> str:
+    """Why *exc* happened, in a few words for a one-line report."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLError):
+        return str(exc).split(" (_ssl.c:")[0]
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # trio's connect adds the address: we name it once
+    return str(exc) or type(exc).__name__

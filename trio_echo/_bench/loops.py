@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from .connect import causes
 from .meter import Clock, Meter
 from .pattern import MAX_CHUNK, Verifier
 
@@ -187,7 +188,7 @@ async def paced_stream(
                 # A close that our own next send turned into a reset fails
                 # this send with EPIPE and still reads as closed; a reset this
                 # send reported first reads as EOF there, so it is passed on.
-                if _caused_by(exc, ConnectionResetError):
+                if any(isinstance(cause, ConnectionResetError) for cause in causes(exc)):
                     reset = exc
                 break
         sending_done = True
@@ -210,13 +211,6 @@ async def paced_stream(
                 pair.cancel()
 
     await side_by_side(send, receive)
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, kind):
-        cause = cause.__cause__ or cause.__context__
-    return cause is not None
 
 
 async def finish(stream: trio.abc.Stream, verifier: Verifier) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from typing import Final
@@ -15,7 +13,7 @@ import trio
 
 from .address import TCPAddress
 from .config import BenchConfig
-from .connect import Endpoint, error_kind, open_socket, resolve, tls_context
+from .connect import Endpoint, error_kind, error_reason, open_socket, resolve, tls_context
 from .loops import Progress, ServerClosed, finish, paced_stream
 from .meter import Clock, Meter
 from .multiplex import closed_loop_multiplexed
@@ -53,18 +51,6 @@ class _Opened:
     sock: trio.socket.SocketType
     stream: trio.abc.Stream | None
     """The TLS stream, if any."""
-
-
-def _reason(exc: BaseException) -> str:
-    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if isinstance(exc, ssl.SSLError):
-        return str(exc).split(" (_ssl.c:")[0]
-    if isinstance(exc, socket.gaierror) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)  # trio's connect adds the address: we name it once
-    return str(exc) or type(exc).__name__
 
 
 def _mode(config: BenchConfig) -> str:
@@ -108,7 +94,7 @@ class _Run:
             except (OSError, trio.BrokenResourceError) as exc:
                 error = exc
         assert error is not None
-        raise ServerUnreachable(f"cannot connect to {self.config.address}: {_reason(error)}")
+        raise ServerUnreachable(f"cannot connect to {self.config.address}: {error_reason(error)}")
 
     async def open(self) -> _Opened:
         """One connection, its connect time recorded (:exc:`TimeoutError` after ``timeout``)."""
@@ -163,7 +149,7 @@ class _Run:
                 meter.error("closed", str(exc))
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 kind = error_kind(exc) if connected else "connect"
-                meter.error(kind, f"connection {number}: {_reason(exc)}")
+                meter.error(kind, f"connection {number}: {error_reason(exc)}")
         if number in self.timed_out:
             meter.error("timeout", f"connection {number}: no echo within {config.timeout:g} s")
 
@@ -244,7 +230,7 @@ class _Run:
             try:
                 opened.append((number, await self.open()))
             except (OSError, trio.BrokenResourceError) as exc:
-                meter.error("connect", f"connection {number}: {_reason(exc)}")
+                meter.error("connect", f"connection {number}: {error_reason(exc)}")
 
         try:
             async with trio.open_nursery() as nursery:
@@ -275,8 +261,7 @@ class _Run:
         try:
             self.datagrams = await udp_flows(self.config, self.meter, endpoint)
         except (UDPUnreachable, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.unreachable = f"cannot reach {self.config.address} over UDP: {reason}"
+            self.unreachable = f"cannot reach {self.config.address} over UDP: {error_reason(exc)}"
 
     async def watchdog(self) -> None:
         """Cancel each connection whose echo is outstanding for longer than ``timeout``."""
@@ -325,7 +310,9 @@ async def bench(
     try:
         endpoints = await resolve(config.address)
     except OSError as exc:
-        raise ServerUnreachable(f"cannot connect to {config.address}: {_reason(exc)}") from None
+        raise ServerUnreachable(
+            f"cannot connect to {config.address}: {error_reason(exc)}"
+        ) from None
     started = clock()
     run.start_window(started)
     first: _Opened | None = None

@@ -29,7 +29,7 @@ from typing import Final
 import trio
 
 from .config import UDP_HEADER_SIZE, BenchConfig
-from .connect import Endpoint
+from .connect import Endpoint, error_kind, error_reason
 from .loops import Pace, next_send, side_by_side
 from .meter import Meter
 from .pattern import EchoMismatch, show_byte
@@ -149,13 +149,11 @@ async def udp_flows(config: BenchConfig, meter: Meter, endpoint: Endpoint) -> Da
                 meter.error("mismatch", str(exc))
                 run.cancel()
             except OSError as exc:
-                reason = exc.strerror or str(exc)
                 if not counts.echoed:
-                    unreachable.append(reason)
+                    unreachable.append(error_reason(exc))
                     run.cancel()
                 else:
-                    kind = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
-                    meter.error(kind, f"flow {number}: {reason}")
+                    meter.error(error_kind(exc), f"flow {number}: {error_reason(exc)}")
 
     async with trio.open_nursery() as nursery:
         for number in range(config.connections):
