@@ -76,6 +76,20 @@ def test_an_extra_byte_past_what_was_sent_is_named() -> None:
     )
 
 
+@pytest.mark.parametrize(("damage", "offset"), [(b"?", 100), (b"", 100)])
+def test_a_mismatch_carries_the_offset_and_the_byte_received(damage: bytes, offset: int) -> None:
+    verifier = Verifier(Pattern(64), 2)
+    sent = stream_of(verifier, 2)
+    echo = sent[:100] + damage + sent[101:] + b"\x00" * 2  # wrong, or missing
+    with pytest.raises(EchoMismatch) as caught:
+        verifier.check(echo)
+    assert (caught.value.offset, caught.value.received) == (offset, echo[offset])
+    extra = Verifier(Pattern(64), 1)
+    with pytest.raises(EchoMismatch) as caught:
+        extra.check(stream_of(extra, 1) + b"Z")
+    assert (caught.value.offset, caught.value.received) == (64, ord("Z"))
+
+
 def test_nothing_is_counted_from_a_chunk_that_fails() -> None:
     verifier = Verifier(Pattern(64), 0)
     sent = stream_of(verifier, 1)

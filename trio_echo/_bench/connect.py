@@ -19,6 +19,7 @@ import trio
 from .address import TCPAddress, UnixAddress
 
 __all__ = [
+    "V2_SIGNATURE",
     "causes",
     "error_kind",
     "error_reason",

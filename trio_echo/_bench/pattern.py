@@ -33,7 +33,16 @@ _STRIDE: Final = 37
 
 class EchoMismatch(Exception):
     """An echoed byte differs from the byte sent, or came with none sent; the
-    message is the one line the bench prints."""
+    message is the one line the bench prints.  For a stream, ``offset`` and
+    ``received`` say which byte of the connection's echoes it was and what
+    came (``None`` for a UDP datagram: its line says)."""
+
+    def __init__(
+        self, line: str, *, offset: int | None = None, received: int | None = None
+    ) -> None:
+        super().__init__(line)
+        self.offset = offset
+        self.received = received
 
 
 def _sequence(length: int) -> bytes:
@@ -153,14 +162,16 @@ class Verifier:
         allowed = min(n, self.sent - self.received)
         expected = self._data[offset : offset + allowed]
         index = next((i for i in range(allowed) if expected[i] != data[i]), allowed)
+        offset, received = self.received + index, data[index]
         if index < allowed:
-            raise EchoMismatch(
-                f"connection {self.connection}: byte {self.received + index}: "
-                f"expected {show_byte(expected[index])}, received {show_byte(data[index])}"
-            )
+            expected_byte = show_byte(expected[index])
+        else:
+            expected_byte = f"no byte (only {self.sent} sent)"
         raise EchoMismatch(
-            f"connection {self.connection}: byte {self.sent}: expected no byte "
-            f"(only {self.sent} sent), received {show_byte(data[allowed])}"
+            f"connection {self.connection}: byte {offset}: "
+            f"expected {expected_byte}, received {show_byte(received)}",
+            offset=offset,
+            received=received,
         )
 
     @property
