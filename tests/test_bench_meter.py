@@ -53,3 +53,11 @@ def test_a_round_trip_counts_only_after_the_warm_up() -> None:
     assert figures.histogram.total == 2
     assert figures.histogram.percentile(100) == 60
     assert seen == [(1, 30), (7, 60)]
+
+
+def test_a_batch_of_measured_round_trips_is_counted_at_once() -> None:
+    figures = meter(None)
+    figures.measured([40, 50, 60], now=900, size=1024)
+    assert (figures.round_trips, figures.bytes, figures.last) == (3, 3072, 900)
+    assert figures.histogram.total == 3
+    assert figures.histogram.percentile(50) == 50

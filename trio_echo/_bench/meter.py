@@ -4,7 +4,7 @@ budget of messages, the histograms and the error counts (no I/O)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from .histogram import Histogram
@@ -81,12 +81,17 @@ class Meter:
         ``on_round_trip`` gets *number*, or the count of round trips so far."""
         if started < self.measure_from:
             return
-        self.histogram.record(now - started)
-        self.round_trips += 1
-        self.bytes += size
-        self.last = now
+        self.measured((now - started,), now, size)
         if self.on_round_trip is not None:
             self.on_round_trip(number or self.round_trips, now - started)
+
+    def measured(self, latencies: Sequence[int], now: int, size: int) -> None:
+        """Count measured round trips of *size* bytes, back whole at *now* with
+        these *latencies* (ns): the closed loop counts a batch at a time."""
+        self.histogram.record_many(latencies)
+        self.round_trips += len(latencies)
+        self.bytes += size * len(latencies)
+        self.last = now
 
     def error(self, kind: str, line: str) -> None:
         """Count a failed connection; the first failure's *line* is kept."""

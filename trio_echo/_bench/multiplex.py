@@ -103,7 +103,7 @@ async def closed_loop_multiplexed(
     clock = meter.clock
     take = meter.take
     allow = meter.allow
-    histogram = meter.histogram
+    measured = meter.measured
     buffer = bytearray(MAX_CHUNK)
     view = memoryview(buffer)
     timeout = echo_timeout
@@ -218,10 +218,7 @@ async def closed_loop_multiplexed(
                         _start_finish(conn, now, finish_ns)
                 owed.clear()
             if latencies:
-                histogram.record_many(latencies)
-                meter.round_trips += len(latencies)
-                meter.bytes += size * len(latencies)
-                meter.last = now
+                measured(latencies, now, size)
                 latencies.clear()
             if now >= next_check:
                 next_check = now + check_ns
