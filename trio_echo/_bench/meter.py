@@ -93,6 +93,11 @@ class Meter:
         self.bytes += size * len(latencies)
         self.last = now
 
+    def connected(self, latency: int) -> None:
+        """Count a connection made in *latency* ns (UDP: a socket connected)."""
+        self.connect_histogram.record(latency)
+        self.connects += 1
+
     def error(self, kind: str, line: str) -> None:
         """Count a failed connection; the first failure's *line* is kept."""
         self.errors[kind] += 1

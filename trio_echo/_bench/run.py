@@ -122,8 +122,7 @@ class _Run:
             raise TimeoutError(f"no connection within {config.timeout:g} s")
         done = meter.clock()
         if not config.connect_only or (started >= meter.measure_from and done < meter.stop_at):
-            meter.connect_histogram.record(done - started)
-            meter.connects += 1
+            meter.connected(done - started)
             meter.last = done
         return _Opened(plain, sock, stream)
 

@@ -141,8 +141,7 @@ async def udp_flows(config: BenchConfig, meter: Meter, endpoint: Endpoint) -> Da
             flow_run = _FlowRun(plain, Flow(number, config.size), config, meter, counts)
             started = meter.clock()
             await flow_run.sock.connect(sockaddr)
-            meter.connect_histogram.record(meter.clock() - started)
-            meter.connects += 1
+            meter.connected(meter.clock() - started)
             try:
                 await flow_run.run()
             except EchoMismatch as exc:
